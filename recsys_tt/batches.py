@@ -1,0 +1,97 @@
+"""Turning users and (user, position) training examples into tensor batches for the towers.
+
+A training example is one position t of a user's training sequence: the history is the items before t,
+the positive is item t. Every position of every user is an example, so one epoch sees every transition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from recsys_tt.text import TextTemplates, tokenize, trim, user_text
+
+
+def training_examples(train: Sequence[np.ndarray], min_history: int) -> np.ndarray:
+    """(E, 2) array of (user, position) for every position with at least ``min_history`` items before it."""
+    pairs = [(u, t) for u, seq in enumerate(train) for t in range(min_history, len(seq))]
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def pad_rows(rows: Sequence[np.ndarray], fill: int = -1) -> torch.Tensor:
+    """Ragged int rows -> (B, max_len) tensor right-padded with ``fill``."""
+    width = max((len(r) for r in rows), default=0)
+    out = np.full((len(rows), max(width, 1)), fill, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return torch.from_numpy(out)
+
+
+@dataclass
+class UserFeatures:
+    """What the user tower needs to build its input, for every known user."""
+
+    user_input: str  # "text" or "item_vectors"
+    profile_texts: list[str]  # user index -> profile text ("" without a users table)
+    profile_tokens: dict[str, torch.Tensor]  # (U, P) tokenised profiles, the prefix of item-vector users
+    history_names: list[str]  # item index -> how the item is named in user text
+    templates: TextTemplates
+    tokenizer: object
+    history_len: int
+    max_user_tokens: int
+
+    def batch(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        """Inputs of the user tower for users (B,) whose histories (oldest first) are given."""
+        recent = [h[-self.history_len:] for h in histories]
+        if self.user_input == "text":
+            texts = [self.text(u, h) for u, h in zip(users, recent)]
+            tokens = tokenize(self.tokenizer, texts, self.max_user_tokens)
+            return {"user_input_ids": tokens["input_ids"], "user_attention_mask": tokens["attention_mask"]}
+        prefix = trim({k: v[torch.as_tensor(users)] for k, v in self.profile_tokens.items()})
+        history = pad_rows(recent)
+        return {"prefix_ids": prefix["input_ids"], "prefix_mask": prefix["attention_mask"],
+                "history": history.clamp(min=0), "history_mask": (history >= 0).long()}
+
+    def text(self, user: int, history: np.ndarray) -> str:
+        return user_text(self.profile_texts[user], [self.history_names[i] for i in history], self.templates)
+
+
+def item_batch(items: np.ndarray, item_tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Item tower inputs for item indices (M,), padded only as far as these items need."""
+    tokens = trim({k: v[torch.as_tensor(items)] for k, v in item_tokens.items()})
+    return {"items": torch.as_tensor(items), "item_input_ids": tokens["input_ids"],
+            "item_attention_mask": tokens["attention_mask"]}
+
+
+class StepBatches:
+    """Resumable training batches: the batch at optimizer step s depends only on (seed, s, rank).
+
+    Each epoch is a seeded permutation of all examples; every rank takes its slice of each global batch.
+    On resume, iteration starts at the step the trainer restored, so a resumed run sees exactly the batches
+    an uninterrupted one would have.
+    """
+
+    def __init__(self, examples: np.ndarray, make_batch: Callable[[np.ndarray], dict], batch_size: int, seed: int,
+                 rank: int, world_size: int, current_step: Callable[[], int]) -> None:
+        self.examples, self.make_batch = examples, make_batch
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.current_step = current_step
+        self.steps_per_epoch = len(examples) // (batch_size * world_size)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(examples)} training examples cannot fill one batch of {batch_size} "
+                             f"x {world_size} ranks; lower data.batch_size.")
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        step = self.current_step()
+        epoch, start = divmod(step, self.steps_per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+        global_batch = self.batch_size * self.world_size
+        for b in range(start, self.steps_per_epoch):
+            first = b * global_batch + self.rank * self.batch_size
+            yield self.make_batch(self.examples[order[first: first + self.batch_size]])

@@ -1,0 +1,184 @@
+"""Interaction data: reading CSV/Parquet/JSONL tables, checking them, and the leave-one-out split by time.
+
+Ids are kept as strings as they appear in the files; models work with dense indices (row order of the items
+table, first appearance of users), and the maps between the two live here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+_FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".jsonl": "json", ".json": "json"}
+
+
+class DataError(ValueError):
+    """Input data that cannot be used as given; the message names the file, row and what to fix."""
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Reads a CSV/TSV/Parquet/JSONL file through HF ``datasets`` (Arrow-cached) into a DataFrame."""
+    import datasets
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} does not exist.")
+    builder = _FORMATS.get(path.suffix.lower())
+    if builder is None:
+        raise DataError(f"{path}: unsupported extension {path.suffix!r}; use one of {sorted(_FORMATS)}.")
+    kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    try:
+        table = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+    except Exception as err:  # datasets raises many types for malformed files; all mean the same to the user
+        raise DataError(f"{path} could not be parsed as {builder}: {err}") from err
+    return table.to_pandas()
+
+
+def require_columns(frame: pd.DataFrame, columns: list[str], path: str | Path) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path} lacks column(s) {missing}; it has {list(frame.columns)}.")
+
+
+def _id_column(frame: pd.DataFrame, column: str, path: str | Path) -> pd.Series:
+    ids = frame[column]
+    empty = ids.isna() | (ids.astype(str).str.strip() == "")
+    if empty.any():
+        raise DataError(f"{path}, row {int(np.flatnonzero(empty)[0]) + 2}: empty {column}; every row needs one.")
+    # Integer ids read back as float when a column has gaps; "12.0" must still match "12".
+    if pd.api.types.is_float_dtype(ids) and (ids == ids.round()).all():
+        ids = ids.astype("int64")
+    return ids.astype(str).str.strip()
+
+
+@dataclass
+class InteractionData:
+    """Items, optional users and time-ordered interaction sequences, all indexed densely."""
+
+    items: pd.DataFrame  # row i describes item index i; column item_id holds the original id
+    users: pd.DataFrame | None  # indexed by original user id
+    user_ids: list[str]  # user index -> original id
+    sequences: list[np.ndarray]  # user index -> item indices, stable-sorted by timestamp (ties keep file order)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    def item_index(self) -> dict[str, int]:
+        return {item_id: i for i, item_id in enumerate(self.items["item_id"])}
+
+
+def load_interaction_data(interactions: str | Path, items: str | Path, users: str | Path | None = None,
+                          min_rating: float | None = None) -> InteractionData:
+    """Loads and checks the three tables; see the README's "Custom datasets" section for their columns."""
+    item_frame = _load_items(items)
+    user_frame = _load_users(users) if users else None
+    inter = read_table(interactions)
+    require_columns(inter, ["user_id", "item_id", "timestamp"], interactions)
+    inter = inter.assign(user_id=_id_column(inter, "user_id", interactions),
+                         item_id=_id_column(inter, "item_id", interactions),
+                         timestamp=_timestamps(inter["timestamp"], interactions))
+    if min_rating is not None:
+        require_columns(inter, ["rating"], interactions)
+        inter = inter[inter["rating"].astype(float) >= min_rating]
+    index = {item_id: i for i, item_id in enumerate(item_frame["item_id"])}
+    item_idx = inter["item_id"].map(index)
+    if item_idx.isna().any():
+        row = int(np.flatnonzero(item_idx.isna().to_numpy())[0])
+        raise DataError(f"{interactions}, row {row + 2}: item_id {inter['item_id'].iloc[row]!r} is not in {items}; "
+                        "add the item there or drop the interaction.")
+    if user_frame is not None:
+        unknown = ~inter["user_id"].isin(user_frame.index)
+        if unknown.any():
+            row = int(np.flatnonzero(unknown.to_numpy())[0])
+            raise DataError(f"{interactions}, row {row + 2}: user_id {inter['user_id'].iloc[row]!r} is not in {users}.")
+    frame = pd.DataFrame({"user": inter["user_id"].to_numpy(), "item": item_idx.astype("int64").to_numpy(),
+                          "ts": inter["timestamp"].to_numpy()})
+    frame = frame.sort_values("ts", kind="stable")  # stable: equal timestamps keep file order
+    grouped = frame.groupby("user", sort=False)["item"]
+    user_ids = list(grouped.groups.keys())
+    sequences = [grouped.get_group(u).to_numpy() for u in user_ids]
+    log.info("Loaded %d interactions, %d users, %d items", len(frame), len(user_ids), len(item_frame))
+    return InteractionData(item_frame, user_frame, user_ids, sequences)
+
+
+def _load_items(path: str | Path) -> pd.DataFrame:
+    frame = read_table(path)
+    require_columns(frame, ["item_id"], path)
+    frame = frame.assign(item_id=_id_column(frame, "item_id", path))
+    duplicated = frame["item_id"].duplicated()
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated.to_numpy())[0])
+        raise DataError(f"{path}, row {row + 2}: duplicate item_id {frame['item_id'].iloc[row]!r}; ids must be unique.")
+    if len(frame.columns) < 2:
+        raise DataError(f"{path} has no text columns besides item_id; add e.g. a title column.")
+    return frame.reset_index(drop=True)
+
+
+def _load_users(path: str | Path) -> pd.DataFrame:
+    frame = read_table(path)
+    require_columns(frame, ["user_id"], path)
+    frame = frame.assign(user_id=_id_column(frame, "user_id", path))
+    if frame["user_id"].duplicated().any():
+        raise DataError(f"{path}: duplicate user_id {frame['user_id'][frame['user_id'].duplicated()].iloc[0]!r}.")
+    return frame.set_index("user_id")
+
+
+def _timestamps(column: pd.Series, path: str | Path) -> np.ndarray:
+    if pd.api.types.is_numeric_dtype(column):
+        values = column.to_numpy(dtype="float64")
+        bad = np.isnan(values)
+    else:
+        parsed = pd.to_datetime(column, errors="coerce", utc=True, format="mixed")
+        values = parsed.astype("int64").to_numpy(dtype="float64") / 1e9
+        bad = parsed.isna().to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}, row {row + 2}: timestamp {column.iloc[row]!r} is not a number or a date; "
+                        "use Unix seconds or ISO 8601.")
+    return values
+
+
+@dataclass
+class LeaveOneOut:
+    """Per user: all but the last two interactions train; the second to last validates; the last tests.
+
+    Users with two interactions have no validation item, users with one have neither (index -1).
+    """
+
+    train: list[np.ndarray]
+    valid: np.ndarray
+    test: np.ndarray
+
+    @classmethod
+    def split(cls, sequences: list[np.ndarray]) -> LeaveOneOut:
+        train, valid, test = [], [], []
+        for seq in sequences:
+            n_eval = 2 if len(seq) >= 3 else len(seq) - 1
+            train.append(seq[: len(seq) - n_eval])
+            valid.append(seq[-2] if n_eval == 2 else -1)
+            test.append(seq[-1] if n_eval >= 1 else -1)
+        return cls(train, np.asarray(valid, dtype=np.int64), np.asarray(test, dtype=np.int64))
+
+    def history(self, user: int, stage: str) -> np.ndarray:
+        """Items a user had before the target of ``stage`` ('valid' or 'test'), oldest first."""
+        if stage == "valid":
+            return self.train[user]
+        valid = self.valid[user]
+        return np.append(self.train[user], valid) if valid >= 0 else self.train[user]
+
+    def targets(self, stage: str) -> np.ndarray:
+        return self.valid if stage == "valid" else self.test
+
+    def item_counts(self, num_items: int) -> np.ndarray:
+        return np.bincount(np.concatenate(self.train), minlength=num_items) if self.train else np.zeros(num_items)

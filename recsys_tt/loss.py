@@ -1,0 +1,108 @@
+"""In-batch sampled softmax (InfoNCE) for two towers.
+
+Convention: ``logits[i, j] = <user_i, item_j> / temperature - log q_j``. The temperature *divides* the
+cosine similarities (smaller = sharper); ``q_j`` is item j's sampling probability, so subtracting it
+removes the popularity bias of in-batch negatives (Yi et al., 2019, "logQ correction"). A column that
+holds the same item as a row's positive but is not that row's positive column is an accidental hit and is
+masked out, so an item is never its own negative (this happens when an item is the target of several rows
+and columns are not de-duplicated, e.g. after gathering items across DDP ranks).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, positive: torch.Tensor, temperature: torch.Tensor,
+                         logq: torch.Tensor | None = None, item_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy of each row against its positive column.
+
+    Args:
+        user: (B, D) user vectors.
+        item: (M, D) candidate item vectors.
+        positive: (B,) column of each row's positive item.
+        temperature: scalar that divides the similarities.
+        logq: (M,) log sampling probability of each column's item; subtracted from every logit.
+        item_ids: (M,) item identity of each column, for accidental-hit masking; -1 marks padding columns.
+    """
+    logits = user.float() @ item.float().T / temperature  # (B, M)
+    if logq is not None:
+        logits = logits - logq.unsqueeze(0)
+    if item_ids is not None:
+        rows = torch.arange(len(positive), device=logits.device)
+        same_item = item_ids.unsqueeze(0) == item_ids[positive].unsqueeze(1)  # (B, M)
+        same_item[rows, positive] = False
+        logits = logits.masked_fill(same_item | (item_ids < 0).unsqueeze(0), float("-inf"))
+    return F.cross_entropy(logits, positive)
+
+
+def gather_items(item: torch.Tensor, positive: torch.Tensor, items: torch.Tensor):
+    """All-gathers item columns across DDP ranks (with gradients) and shifts positives to global columns.
+
+    Ranks may hold different numbers of columns: each pads to the largest with id -1 (masked in the loss).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return item, positive, items
+    from torch.distributed.nn.functional import all_gather
+
+    world = dist.get_world_size()
+    counts = [torch.zeros(1, dtype=torch.long, device=item.device) for _ in range(world)]
+    dist.all_gather(counts, torch.tensor([item.shape[0]], device=item.device))
+    pad = int(torch.cat(counts).max()) - item.shape[0]
+    item = F.pad(item, (0, 0, 0, pad))
+    items = F.pad(items, (0, pad), value=-1)
+    parts = [torch.empty_like(items) for _ in range(world)]
+    dist.all_gather(parts, items)
+    return torch.cat(all_gather(item), dim=0), positive + dist.get_rank() * item.shape[0], torch.cat(parts)
+
+
+@dataclass
+class LossConfig:
+    """In-batch softmax settings."""
+
+    temperature: float = 0.05
+    """Initial temperature (it divides cosine similarities)."""
+    learn_temperature: bool = True
+    min_temperature: float = 0.01
+    max_temperature: float = 1.0
+    logq_correction: bool = True
+    """Subtract log item frequency (from training data) from every logit."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_temperature <= self.temperature <= self.max_temperature:
+            raise ValueError("Need 0 < min_temperature <= temperature <= max_temperature; got "
+                             f"{self.min_temperature}, {self.temperature}, {self.max_temperature}.")
+
+
+class InBatchSoftmax(nn.Module):
+    """Holds the (learnable, clamped) temperature and the items' log-frequencies; gathers across ranks."""
+
+    def __init__(self, config: LossConfig, num_items: int) -> None:
+        super().__init__()
+        self.config = config
+        log_t = torch.tensor(math.log(config.temperature))
+        self.log_temperature = nn.Parameter(log_t, requires_grad=config.learn_temperature)
+        self.register_buffer("logq", torch.zeros(num_items), persistent=False)
+
+    def set_item_counts(self, counts: torch.Tensor) -> None:
+        """Sets log q from training-item counts (N,); add-one smoothing keeps unseen items finite."""
+        probs = (counts.double() + 1.0) / (counts.sum() + len(counts))
+        self.logq.copy_(probs.log().float())
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        bounds = (math.log(self.config.min_temperature), math.log(self.config.max_temperature))
+        return self.log_temperature.clamp(*bounds).exp()
+
+    def forward(self, user: torch.Tensor, item: torch.Tensor, positive: torch.Tensor,
+                items: torch.Tensor) -> torch.Tensor:
+        """user (B, D), item (M, D), positive (B,) columns, items (M,) item indices of the columns."""
+        item, positive, items = gather_items(item, positive, items)
+        logq = self.logq[items.clamp(min=0)] if self.config.logq_correction else None
+        return sampled_softmax_loss(user, item, positive, self.temperature, logq=logq, item_ids=items)

