@@ -81,7 +81,7 @@ class RecDataModule(pl.LightningDataModule):
             folder = ensure_movielens_100k(hp.cache_dir, hp.source)
             paths = (folder / "interactions.csv", folder / "items.csv", folder / "users.csv")
         else:
-            paths = (hp.interactions, hp.items, hp.users)
+            paths = (hp["interactions"], hp["items"], hp["users"])  # hp.items is the dict method
         return load_interaction_data(*paths, min_rating=hp.min_rating)
 
     @functools.cached_property

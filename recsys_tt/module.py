@@ -10,12 +10,9 @@ import torch
 
 from recsys_tt.loss import InBatchSoftmax, LossConfig
 from recsys_tt.metrics import catalog_scores, exclude_seen, ranking_metrics, target_ranks
-from recsys_tt.text import TextTemplates
 from recsys_tt.towers import TowerConfig, TwoTower, is_base_weight, load_model
 
 log = logging.getLogger(__name__)
-# Checkpoints carry these configs in their hyperparameters; allow them under torch.load(weights_only=True).
-torch.serialization.add_safe_globals([TowerConfig, LossConfig, TextTemplates])
 
 
 class TwoTowerModule(pl.LightningModule):

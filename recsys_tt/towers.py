@@ -146,7 +146,7 @@ class TwoTower(nn.Module):
             self.register_buffer("seen_items", seen, persistent=True)
         if config.user_input == "item_vectors":
             self.history_in = nn.Linear(self.dim, hidden)
-        self._activate(self.adapters[0])
+        self._train_all_adapters()
 
     def _head(self, hidden: int) -> nn.Module:
         return nn.Linear(hidden, self.config.projection_dim) if self.config.projection_dim else nn.Identity()
@@ -155,9 +155,12 @@ class TwoTower(nn.Module):
         name = "shared" if self.config.shared_adapter else tower
         if self.encoder.active_adapter != name:
             self.encoder.set_adapter(name)
-            # peft freezes inactive adapters on switch; both train in one step, so keep all trainable.
-            for p in self._adapter_params:
-                p.requires_grad_(True)
+            self._train_all_adapters()
+
+    def _train_all_adapters(self) -> None:
+        # peft freezes inactive adapters (on add and on switch); both towers train in every step.
+        for p in self._adapter_params:
+            p.requires_grad_(True)
 
     def _encode(self, tower: str, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
         self._activate(tower)

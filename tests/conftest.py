@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny BERT built from a config (no weights downloaded) and a tiny interaction dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from recsys_tt.towers import load_tokenizer
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide BERT with random weights and MiniLM's tokenizer, saved as a local model folder."""
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = load_tokenizer("minilm")
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def write_tiny_dataset(folder: Path, fmt: str = "csv") -> dict[str, str]:
+    """8 users x 12 items; user u watches items u..u+5 one per day, except that user 0 has a timestamp tie."""
+    rows = []
+    for u in range(8):
+        for k in range(6):
+            rows.append({"user_id": f"u{u}", "item_id": f"i{(u + k) % 12}", "timestamp": 1000 + 86400 * k})
+    rows[1]["timestamp"] = rows[0]["timestamp"]  # tie: file order must decide
+    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(12)],
+                          "title": [f"Movie number {i}" for i in range(12)],
+                          "genres": ["Drama" if i % 2 else "Comedy" for i in range(12)]})
+    users = pd.DataFrame({"user_id": [f"u{u}" for u in range(8)], "age": [20 + u for u in range(8)],
+                          "occupation": ["writer", "engineer"] * 4})
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, frame in (("interactions", pd.DataFrame(rows)), ("items", items), ("users", users)):
+        path = folder / f"{name}.{fmt}"
+        if fmt == "csv":
+            frame.to_csv(path, index=False)
+        elif fmt == "parquet":
+            frame.to_parquet(path, index=False)
+        else:
+            frame.to_json(path, orient="records", lines=True)
+        paths[name] = str(path)
+    return paths
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path) -> dict[str, str]:
+    return write_tiny_dataset(tmp_path)
+
+
+TINY_TEMPLATES = {"item": "{title}. Genres: {genres}.", "profile": "A {age} year old {occupation}."}

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import write_tiny_dataset
+
+from recsys_tt.data import DataError, LeaveOneOut, load_interaction_data
+
+
+def test_sequences_sort_by_time_and_keep_file_order_on_ties(tiny_dataset):
+    data = load_interaction_data(tiny_dataset["interactions"], tiny_dataset["items"], tiny_dataset["users"])
+    u0 = data.user_ids.index("u0")
+    assert data.items["item_id"].iloc[data.sequences[u0]].tolist() == ["i0", "i1", "i2", "i3", "i4", "i5"]
+
+
+def test_stable_sort_keeps_file_order_when_rows_are_shuffled_in_time(tmp_path):
+    paths = write_tiny_dataset(tmp_path)
+    inter = pd.read_csv(paths["interactions"])
+    inter = inter.iloc[::-1]  # reverse file order: the tie of u0 must now come out reversed
+    inter.to_csv(paths["interactions"], index=False)
+    data = load_interaction_data(paths["interactions"], paths["items"])
+    u0 = data.user_ids.index("u0")
+    assert data.items["item_id"].iloc[data.sequences[u0]].tolist()[:2] == ["i1", "i0"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_formats_load_the_same_data(tmp_path, fmt):
+    csv = load_interaction_data(*write_tiny_dataset(tmp_path / "a").values())
+    other = load_interaction_data(*write_tiny_dataset(tmp_path / "b", fmt).values())
+    assert csv.user_ids == other.user_ids
+    assert all(np.array_equal(a, b) for a, b in zip(csv.sequences, other.sequences))
+
+
+def test_leave_one_out_split():
+    split = LeaveOneOut.split([np.array([5, 6, 7, 8]), np.array([1, 2]), np.array([3])])
+    assert split.train[0].tolist() == [5, 6] and split.valid[0] == 7 and split.test[0] == 8
+    assert split.train[1].tolist() == [1] and split.valid[1] == -1 and split.test[1] == 2
+    assert split.train[2].tolist() == [3] and split.valid[2] == -1 and split.test[2] == -1
+    assert split.history(0, "valid").tolist() == [5, 6]
+    assert split.history(0, "test").tolist() == [5, 6, 7]  # the validation item precedes the test item
+    assert split.item_counts(10).tolist() == [0, 1, 0, 1, 0, 1, 1, 0, 0, 0]
+
+
+def _rewrite(path, edit):
+    frame = pd.read_csv(path)
+    edit(frame).to_csv(path, index=False)
+
+
+@pytest.mark.parametrize(
+    "table, edit, message",
+    [
+        ("interactions", lambda f: f.drop(columns="timestamp"), "lacks column"),
+        ("interactions", lambda f: f.assign(item_id=f["item_id"].where(f.index != 3, "nope")), "row 5: item_id 'nope'"),
+        ("interactions", lambda f: f.astype({"timestamp": str}).assign(
+            timestamp=lambda g: g["timestamp"].where(g.index != 2, "yesterday-ish")), "row 4: timestamp"),
+        ("items", lambda f: pd.concat([f, f.iloc[[0]]]), "duplicate item_id 'i0'"),
+        ("interactions", lambda f: f.assign(user_id=f["user_id"].where(f.index != 0, "ghost")), "'ghost' is not in"),
+    ],
+)
+def test_bad_input_names_file_row_and_fix(tmp_path, table, edit, message):
+    paths = write_tiny_dataset(tmp_path)
+    _rewrite(paths[table], edit)
+    with pytest.raises(DataError, match=message):
+        load_interaction_data(paths["interactions"], paths["items"], paths["users"])
+
+
+def test_missing_and_unsupported_files_are_refused(tmp_path, tiny_dataset):
+    with pytest.raises(DataError, match="does not exist"):
+        load_interaction_data(tmp_path / "none.csv", tiny_dataset["items"])
+    odd = tmp_path / "items.xlsx"
+    odd.write_text("x")
+    with pytest.raises(DataError, match="unsupported extension"):
+        load_interaction_data(tiny_dataset["interactions"], odd)

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recsys_tt.towers import TowerConfig, TwoTower, default_lora_targets, is_base_weight, load_model, pool
+
+
+def _tower(tiny_bert, **overrides) -> TwoTower:
+    config = TowerConfig(backbone=tiny_bert, **overrides)
+    return TwoTower(load_model(tiny_bert), config, num_items=6)
+
+
+def _tokens(n=4, length=5):
+    ids = torch.randint(1000, 2000, (n, length), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(n, length, dtype=torch.long)
+    mask[0, 3:] = 0
+    return ids, mask
+
+
+def test_pooling_modes():
+    hidden = torch.arange(12.0).reshape(1, 4, 3)
+    mask = torch.tensor([[1, 1, 1, 0]])
+    assert pool(hidden, mask, "cls").tolist() == [[0.0, 1.0, 2.0]]
+    assert pool(hidden, mask, "mean").tolist() == [[3.0, 4.0, 5.0]]
+    assert pool(hidden, mask, "last").tolist() == [[6.0, 7.0, 8.0]]
+    left_padded = torch.tensor([[0, 1, 1, 1]])
+    assert pool(hidden, left_padded, "last").tolist() == [[9.0, 10.0, 11.0]]
+
+
+def test_outputs_are_unit_vectors_of_the_projection_size(tiny_bert):
+    tower = _tower(tiny_bert, projection_dim=16)
+    ids, mask = _tokens()
+    items = tower.encode_items(ids, mask, torch.arange(4))
+    users = tower.encode_user_text(ids, mask)
+    assert items.shape == users.shape == (4, 16)
+    assert torch.allclose(items.norm(dim=-1), torch.ones(4), atol=1e-5)
+
+
+def test_training_changes_adapters_and_heads_but_not_the_base(tiny_bert):
+    tower = _tower(tiny_bert, projection_dim=8)
+    base = {k: v.clone() for k, v in tower.state_dict().items() if is_base_weight(k)}
+    trainable = {k: v.clone() for k, v in tower.named_parameters() if v.requires_grad}
+    assert base and trainable and not any(is_base_weight(k) for k in trainable)
+    optimizer = torch.optim.SGD([p for p in tower.parameters() if p.requires_grad], lr=1.0)
+    ids, mask = _tokens()
+    for _ in range(2):  # the second step moves LoRA A too (B starts at zero)
+        loss = -(tower.encode_user_text(ids, mask) * tower.encode_items(ids, mask, torch.arange(4))).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    state = tower.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in base.items())
+    changed = {k for k, v in tower.named_parameters() if v.requires_grad and not torch.equal(v, trainable[k])}
+    assert any("lora_A.user" in k for k in changed) and any("lora_A.item" in k for k in changed)
+
+
+def test_towers_have_separate_adapters_unless_shared(tiny_bert):
+    separate = _tower(tiny_bert)
+    shared = _tower(tiny_bert, shared_adapter=True)
+    assert any(".user." in n for n, _ in separate.named_parameters())
+    assert not any(".user." in n for n, _ in shared.named_parameters())
+    ids, mask = _tokens()
+    with torch.no_grad():  # make the adapters non-trivial so the towers can differ
+        for name, p in separate.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    separate.eval()
+    items = separate.encode_items(ids, mask)
+    users = separate.encode_user_text(ids, mask)
+    assert not torch.allclose(items, users, atol=1e-4)
+
+
+def test_unseen_items_fall_back_to_text(tiny_bert):
+    tower = _tower(tiny_bert, item_id_embeddings=True)
+    tower.eval()
+    with torch.no_grad():
+        tower.item_ids.weight.normal_()
+        tower.seen_items[2] = False
+    ids, mask = _tokens(n=1)
+    text_only = tower.encode_items(ids, mask)
+    assert torch.allclose(tower.encode_items(ids, mask, torch.tensor([2])), text_only)  # unseen in training
+    assert torch.allclose(tower.encode_items(ids, mask, torch.tensor([9])), text_only)  # added after training
+    assert not torch.allclose(tower.encode_items(ids, mask, torch.tensor([1])), text_only)
+
+
+def test_history_user_tower_reads_item_vectors(tiny_bert):
+    tower = _tower(tiny_bert, user_input="item_vectors", projection_dim=8)
+    tower.eval()
+    prefix = torch.tensor([[101, 2000, 102], [101, 2001, 102]])
+    history = torch.nn.functional.normalize(torch.randn(2, 4, 8), dim=-1)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    users = tower.encode_user_history(prefix, torch.ones_like(prefix), history, mask)
+    assert users.shape == (2, 8)
+    changed = history.clone()
+    changed[1, 3] = 0.0  # a padded position must not matter
+    assert torch.allclose(tower.encode_user_history(prefix, torch.ones_like(prefix), changed, mask)[1], users[1],
+                          atol=1e-5)
+    changed[1, 0] = -history[1, 0]  # a real one must
+    assert not torch.allclose(tower.encode_user_history(prefix, torch.ones_like(prefix), changed, mask)[1], users[1],
+                              atol=1e-5)
+
+
+def test_default_lora_targets_per_architecture(tiny_bert):
+    from transformers import LlamaConfig, LlamaModel
+
+    assert default_lora_targets(load_model(tiny_bert)) == ["query", "value"]
+    llama = LlamaModel(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1))
+    assert "q_proj" in default_lora_targets(llama) and "down_proj" in default_lora_targets(llama)
+
+
+@pytest.mark.parametrize("bad", [dict(lora_r=0), dict(projection_dim=-2), dict(lora_dropout=1.5)])
+def test_nonsense_tower_settings_are_refused(bad):
+    with pytest.raises(ValueError):
+        TowerConfig(**bad)

@@ -1,0 +1,118 @@
+"""train.py end to end on a tiny model and tiny data: fit, test, checkpoint contents, resume, configs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import TINY_TEMPLATES
+
+from recsys_tt.towers import is_base_weight
+from train import main
+
+CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
+
+
+def _args(root: Path, paths: dict, backbone: str, max_steps: int, *extra: str) -> list[str]:
+    return [
+        "fit", "--config", "configs/ml100k_minilm.yaml",
+        "--trainer.max_steps", str(max_steps), "--trainer.precision", "32-true",
+        "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "1",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.logger.init_args.save_dir", str(root), "--trainer.logger.init_args.version", "0",
+        "--trainer.callbacks.init_args.every_n_train_steps", "1",
+        "--model.tower.backbone", backbone, "--model.warmup_steps", "2",
+        "--data.dataset", "files", "--data.interactions", paths["interactions"], "--data.items", paths["items"],
+        "--data.users", paths["users"], "--data.batch_size", "4", "--data.eval_batch_size", "3",
+        "--data.templates.item", TINY_TEMPLATES["item"], "--data.templates.profile", TINY_TEMPLATES["profile"],
+        *extra,
+    ]
+
+
+class StopAtStep(pl.Callback):
+    """Simulates a job killed after ``step`` optimizer steps (its last checkpoint written, as at a crash)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        trainer.should_stop = trainer.global_step >= self.step
+
+
+def _trainable(cli) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in cli.model.named_parameters() if v.requires_grad}
+
+
+@pytest.mark.parametrize("user_input", ["item_vectors", "text"])
+def test_fit_then_test_reports_full_ranking_metrics(tmp_path, tiny_dataset, tiny_bert, user_input):
+    cli = main(_args(tmp_path, tiny_dataset, tiny_bert, 4, "--model.tower.user_input", user_input))
+    metrics = cli.trainer.callback_metrics
+    for name in ("test/ndcg@10", "test/recall@20", "test/mrr@10"):
+        assert 0.0 <= float(metrics[name]) <= 1.0, name
+    assert float(metrics["test/recall@20"]) == 1.0  # 12 items, 5 seen: the target always ranks within 20
+    logged = pd.read_csv(tmp_path / "ml100k_minilm" / "version_0" / "metrics.csv")
+    assert logged["val/ndcg@10"].notna().sum() == 2  # validated at steps 2 and 4
+    losses = logged["train/loss"].dropna()
+    assert len(losses) == 4 and losses.map(math.isfinite).all()
+
+
+def test_checkpoint_holds_trainable_weights_and_config_only(tmp_path, tiny_dataset, tiny_bert):
+    main(_args(tmp_path, tiny_dataset, tiny_bert, 2))
+    ckpt = torch.load(tmp_path / "ml100k_minilm/version_0/checkpoints/last.ckpt", weights_only=True)
+    keys = list(ckpt["state_dict"])
+    assert not any(is_base_weight(k) for k in keys)
+    assert any("lora_A.user" in k for k in keys) and any("lora_B.item" in k for k in keys)
+    assert "model.item_ids.weight" in keys and "loss.log_temperature" in keys
+    assert ckpt["hyper_parameters"]["tower"]["backbone"] == tiny_bert
+    assert ckpt["datamodule_hyper_parameters"]["interactions"] == tiny_dataset["interactions"]
+
+
+def test_resumed_run_matches_uninterrupted_run(tmp_path, tiny_dataset, tiny_bert):
+    full = main(_args(tmp_path / "full", tiny_dataset, tiny_bert, 8))
+    kill = '{"class_path": "test_train.StopAtStep", "init_args": {"step": 5}}'
+    main(_args(tmp_path / "cut", tiny_dataset, tiny_bert, 8, "--trainer.callbacks+", kill, "--test_after_fit", "false"))
+    last = tmp_path / "cut/ml100k_minilm/version_0/checkpoints/last.ckpt"
+    resumed = main(_args(tmp_path / "cut", tiny_dataset, tiny_bert, 8, "--ckpt_path", str(last)))
+    assert resumed.trainer.global_step == full.trainer.global_step == 8
+    a, b = _trainable(full), _trainable(resumed)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    for name in ("test/ndcg@10", "test/mrr@20"):
+        assert float(resumed.trainer.callback_metrics[name]) == pytest.approx(float(full.trainer.callback_metrics[name]),
+                                                                               abs=1e-5)
+
+
+def test_lora_training_leaves_the_backbone_unchanged(tmp_path, tiny_dataset, tiny_bert):
+    from recsys_tt.towers import load_model
+
+    cli = main(_args(tmp_path, tiny_dataset, tiny_bert, 3, "--test_after_fit", "false"))
+    original = load_model(tiny_bert).state_dict()
+    trained = {k.split("base_model.model.", 1)[1].replace(".base_layer", ""): v
+               for k, v in cli.model.model.encoder.state_dict().items() if "lora_" not in k}
+    assert set(trained) == set(original)
+    assert all(torch.equal(trained[k], original[k]) for k in original)
+
+
+def test_data_with_another_catalog_is_refused(tmp_path, tiny_dataset, tiny_bert):
+    from recsys_tt.datamodule import RecDataModule
+    from recsys_tt.module import TwoTowerModule
+    from recsys_tt.text import TextTemplates
+    from recsys_tt.towers import TowerConfig
+
+    model = TwoTowerModule(num_items=5, tower=TowerConfig(backbone=tiny_bert))
+    data = RecDataModule("files", tiny_dataset["interactions"], tiny_dataset["items"], backbone=tiny_bert,
+                         templates=TextTemplates(item=TINY_TEMPLATES["item"]), batch_size=4)
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match="12 items but the model was built for 5"):
+        trainer.fit(model, datamodule=data)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert done.value.code == 0
+    assert "tower:" in capsys.readouterr().out
