@@ -2,8 +2,8 @@
 
 CPU, MovieLens-100K + MiniLM (about 13 minutes on 2 cores):
     python train.py fit --config configs/ml100k_minilm.yaml
-Resume an interrupted run:
-    python train.py fit --config configs/ml100k_minilm.yaml --ckpt_path runs/ml100k_minilm/version_0/checkpoints/last.ckpt
+Resume an interrupted run (CKPT = runs/ml100k_minilm/version_0/checkpoints/last.ckpt):
+    python train.py fit --config configs/ml100k_minilm.yaml --ckpt_path CKPT
 Evaluate a checkpoint:
     python train.py test --config configs/ml100k_minilm.yaml --ckpt_path PATH
 GPU, decoder LLM, DDP on all visible GPUs:

@@ -1,7 +1,9 @@
-"""Turning users and (user, position) training examples into tensor batches for the towers.
+"""Turning users and training examples into tensor batches for the towers.
 
-A training example is one position t of a user's training sequence: the history is the items before t,
-the positive is item t. Every position of every user is an example, so one epoch sees every transition.
+Every position t of a user's training sequence is a target (its history: the items before t), so one epoch
+sees every transition. Text users take one target per example, (user, t). Item-vector users take a window
+of up to L consecutive targets per example, (user, start, end): the causal user tower reads items
+start..end-1 once and predicts each next item, items start+1..end.
 """
 
 from __future__ import annotations
@@ -19,6 +21,22 @@ def training_examples(train: Sequence[np.ndarray], min_history: int) -> np.ndarr
     """(E, 2) array of (user, position) for every position with at least ``min_history`` items before it."""
     pairs = [(u, t) for u, seq in enumerate(train) for t in range(min_history, len(seq))]
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def training_windows(train: Sequence[np.ndarray], length: int, min_history: int) -> np.ndarray:
+    """(E, 3) array of (user, start, end): inputs train[u][start:end], targets train[u][start+1:end+1].
+
+    Windows tile each sequence's targets from its end backwards, so every target appears exactly once and
+    the most recent window is always full.
+    """
+    windows = []
+    for u, seq in enumerate(train):
+        last = len(seq) - 1
+        while last >= max(min_history, 1):
+            first = max(max(min_history, 1), last - length + 1)
+            windows.append((u, first - 1, last))
+            last = first - 1
+    return np.asarray(windows, dtype=np.int64).reshape(-1, 3)
 
 
 def pad_rows(rows: Sequence[np.ndarray], fill: int = -1) -> torch.Tensor:

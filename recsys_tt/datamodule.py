@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from recsys_tt.batches import StepBatches, UserFeatures, item_batch, pad_rows, training_examples
+from recsys_tt.batches import StepBatches, UserFeatures, item_batch, pad_rows, training_examples, training_windows
 from recsys_tt.data import InteractionData, LeaveOneOut, load_interaction_data
 from recsys_tt.movielens import ensure_movielens_100k
 from recsys_tt.text import TextTemplates, render_table, tokenize_table
@@ -58,7 +58,8 @@ class RecDataModule(pl.LightningDataModule):
             max_profile_tokens: token budget of the profile prefix (user_input = item_vectors).
             history_len: most recent history items the user tower reads.
             min_history: training positions need at least this many earlier items.
-            batch_size: training examples per step and rank.
+            batch_size: training examples per step and rank (windows of up to history_len targets for
+                item-vector users, single targets for text users).
             eval_batch_size: users per evaluation batch.
             seed: seeds the order of training examples.
             backbone: linked from model.tower.backbone (its tokenizer is used).
@@ -124,14 +125,22 @@ class RecDataModule(pl.LightningDataModule):
         )
 
     def train_batch(self, examples: np.ndarray) -> dict[str, torch.Tensor]:
-        """(B, 2) (user, position) examples -> user inputs, unique positive items and each row's column."""
-        users, positions = examples[:, 0], examples[:, 1]
+        """Examples -> user inputs, the unique positive items, and each target's column among them.
+
+        ``positive`` is (B,) for (user, position) examples and (B, L) with -1 padding for windows.
+        """
         train = self.split.train
-        histories = [train[u][:t] for u, t in zip(users, positions)]
-        targets = np.asarray([train[u][t] for u, t in zip(users, positions)])
-        unique, column = np.unique(targets, return_inverse=True)
-        return {**self.user_features.batch(users, histories), **item_batch(unique, self.item_tokens),
-                "positive": torch.as_tensor(column)}
+        if self.hparams.user_input == "item_vectors":
+            histories = [train[u][a:b] for u, a, b in examples]
+            targets = pad_rows([train[u][a + 1: b + 1] for u, a, b in examples])
+        else:
+            histories = [train[u][:t] for u, t in examples]
+            targets = torch.as_tensor([train[u][t] for u, t in examples])
+        valid = targets >= 0
+        unique, column = torch.unique(targets[valid], return_inverse=True)
+        positive = torch.full_like(targets, -1).masked_scatter(valid, column)
+        return {**self.user_features.batch(examples[:, 0], histories), **item_batch(unique.numpy(), self.item_tokens),
+                "positive": positive}
 
     def eval_batch(self, users: list[int], stage: str) -> dict[str, torch.Tensor]:
         """Users -> user inputs with the history before the ``stage`` target, the target and items to exclude."""
@@ -142,8 +151,12 @@ class RecDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> StepBatches:
         trainer, hp = self.trainer, self.hparams
-        examples = training_examples(self.split.train, hp.min_history)
-        log.info("%d training examples (user, position)", len(examples))
+        if hp.user_input == "item_vectors":
+            examples = training_windows(self.split.train, hp.history_len, hp.min_history)
+            log.info("%d training windows of up to %d targets", len(examples), hp.history_len)
+        else:
+            examples = training_examples(self.split.train, hp.min_history)
+            log.info("%d training examples (user, position)", len(examples))
         return StepBatches(examples, self.train_batch, hp.batch_size, hp.seed, trainer.global_rank,
                            trainer.world_size,
                            current_step=lambda: trainer.global_step * trainer.accumulate_grad_batches)

@@ -1,8 +1,9 @@
 """In-batch sampled softmax (InfoNCE) for two towers.
 
 Convention: ``logits[i, j] = <user_i, item_j> / temperature - log q_j``. The temperature *divides* the
-cosine similarities (smaller = sharper); ``q_j`` is item j's sampling probability, so subtracting it
-removes the popularity bias of in-batch negatives (Yi et al., 2019, "logQ correction"). A column that
+cosine similarities (smaller = sharper); ``q_j`` is the probability that item j is among the batch's
+columns, so subtracting its log removes the popularity bias of in-batch negatives (Yi et al., 2019,
+"logQ correction"). A column that
 holds the same item as a row's positive but is not that row's positive column is an accidental hit and is
 masked out, so an item is never its own negative (this happens when an item is the target of several rows
 and columns are not de-duplicated, e.g. after gathering items across DDP ranks).
@@ -88,12 +89,21 @@ class InBatchSoftmax(nn.Module):
         self.config = config
         log_t = torch.tensor(math.log(config.temperature))
         self.log_temperature = nn.Parameter(log_t, requires_grad=config.learn_temperature)
-        self.register_buffer("logq", torch.zeros(num_items), persistent=False)
+        self.register_buffer("item_probs", torch.full((num_items,), 1.0 / num_items), persistent=False)
 
     def set_item_counts(self, counts: torch.Tensor) -> None:
-        """Sets log q from training-item counts (N,); add-one smoothing keeps unseen items finite."""
+        """Sets item probabilities from training counts (N,); add-one smoothing keeps unseen items possible."""
         probs = (counts.double() + 1.0) / (counts.sum() + len(counts))
-        self.logq.copy_(probs.log().float())
+        self.item_probs.copy_(probs.float())
+
+    def column_logq(self, items: torch.Tensor, draws: int) -> torch.Tensor:
+        """log P(item is among the batch's columns) when ``draws`` targets are drawn and columns de-duplicated.
+
+        That is log(1 - (1 - q)^draws): about log(draws * q) for rare items, and 0 for items so frequent that
+        they are in every batch (they need no correction; log(draws * q) would over-correct them).
+        """
+        q = self.item_probs[items.clamp(min=0)].double()
+        return torch.log(-torch.expm1(draws * torch.log1p(-q))).float()
 
     @property
     def temperature(self) -> torch.Tensor:
@@ -103,6 +113,8 @@ class InBatchSoftmax(nn.Module):
     def forward(self, user: torch.Tensor, item: torch.Tensor, positive: torch.Tensor,
                 items: torch.Tensor) -> torch.Tensor:
         """user (B, D), item (M, D), positive (B,) columns, items (M,) item indices of the columns."""
+        rows = len(positive)
         item, positive, items = gather_items(item, positive, items)
-        logq = self.logq[items.clamp(min=0)] if self.config.logq_correction else None
+        draws = rows * (dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1)
+        logq = self.column_logq(items, draws) if self.config.logq_correction else None
         return sampled_softmax_loss(user, item, positive, self.temperature, logq=logq, item_ids=items)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 
@@ -80,7 +81,9 @@ class TwoTowerModule(pl.LightningModule):
         was_training = self.training
         self.eval()
         chunks = []
-        with torch.no_grad():
+        # Hooks run outside Lightning's autocast; use the same precision as the steps (bf16 is ~5x faster on CPU).
+        precision = self.trainer.precision_plugin.forward_context() if self._trainer else contextlib.nullcontext()
+        with torch.no_grad(), precision:
             for start in range(0, self.hparams.num_items, self.hparams.item_chunk_size):
                 items = torch.arange(start, min(start + self.hparams.item_chunk_size, self.hparams.num_items))
                 chunks.append(self._encode_items(items))
@@ -93,12 +96,16 @@ class TwoTowerModule(pl.LightningModule):
         return self.model.encode_items(tokens["input_ids"][:, :length].to(self.device),
                                        tokens["attention_mask"][:, :length].to(self.device), items.to(self.device))
 
-    def encode_users(self, batch: dict[str, torch.Tensor], item_vectors: torch.Tensor | None) -> torch.Tensor:
-        """(B, D) user vectors from a batch of user-tower inputs (history vectors read from ``item_vectors``)."""
+    def encode_users(self, batch: dict[str, torch.Tensor], item_vectors: torch.Tensor | None,
+                     every_position: bool = False) -> torch.Tensor:
+        """(B, D) user vectors from user-tower inputs; history vectors are read from ``item_vectors``.
+
+        With ``every_position``, item-vector users give (B, L, D): the user after each history prefix.
+        """
         if "history" in batch:
             history = item_vectors[batch["history"]]  # (B, L, D)
             return self.model.encode_user_history(batch["prefix_ids"], batch["prefix_mask"], history,
-                                                  batch["history_mask"])
+                                                  batch["history_mask"], every_position=every_position)
         return self.model.encode_user_text(batch["user_input_ids"], batch["user_attention_mask"])
 
     # ----- training -----------------------------------------------------------------------------------
@@ -111,10 +118,12 @@ class TwoTowerModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         items = self.model.encode_items(batch["item_input_ids"], batch["item_attention_mask"], batch["items"])
-        users = self.encode_users(batch, self.item_cache)
-        loss = self.loss(users, items, batch["positive"], batch["items"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["positive"]))
-        self.log("train/temperature", self.loss.temperature, batch_size=len(batch["positive"]))
+        users, positive = self.encode_users(batch, self.item_cache, every_position=True), batch["positive"]
+        if users.dim() == 3:  # one row per (window, position) target
+            users, positive = users[positive >= 0], positive[positive >= 0]
+        loss = self.loss(users, items, positive, batch["items"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(positive))
+        self.log("train/temperature", self.loss.temperature, batch_size=len(positive))
         return loss
 
     # ----- evaluation ---------------------------------------------------------------------------------

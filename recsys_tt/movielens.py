@@ -38,10 +38,10 @@ RECBOLE_SHA256 = {
     "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
 }
 CANONICAL_FILES = ("interactions.csv", "items.csv", "users.csv")
-_GENRES = (
-    "unknown Action Adventure Animation Children's Comedy Crime Documentary Drama Fantasy Film-Noir Horror "
-    "Musical Mystery Romance Sci-Fi Thriller War Western"
-).split()
+_GENRES = [
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
+    "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+]
 _GENDER = {"M": "male", "F": "female"}
 
 Source = Literal["auto", "grouplens", "recbole"]
@@ -152,10 +152,8 @@ def convert_grouplens(archive: zipfile.ZipFile, out: Path) -> None:
         }
     )
     items.to_csv(out / "items.csv", index=False)
-    users = pd.read_csv(
-        io.BytesIO(archive.read("ml-100k/u.user")), sep="|", names=["user_id", "age", "gender", "occupation", "zip_code"],
-        dtype=str,
-    )
+    user_columns = ["user_id", "age", "gender", "occupation", "zip_code"]
+    users = pd.read_csv(io.BytesIO(archive.read("ml-100k/u.user")), sep="|", names=user_columns, dtype=str)
     _write_users(users, out)
 
 

@@ -64,6 +64,8 @@ class TowerConfig:
             raise ValueError(f"lora_r must be positive, got {self.lora_r}.")
         if self.projection_dim is not None and self.projection_dim <= 0:
             raise ValueError(f"projection_dim must be positive or null, got {self.projection_dim}.")
+        if self.user_input == "item_vectors" and self.pooling == "cls":
+            raise ValueError("pooling: cls cannot summarise a causal item history; use mean or last.")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
 
@@ -116,6 +118,26 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def running_pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, T, H) -> (B, T, H): position t pooled over positions <= t (mean) or itself (last)."""
+    if how == "last":
+        return hidden
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).cumsum(1) / weights.cumsum(1).clamp(min=1.0)
+
+
+def causal_mask(mask: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) padding mask -> (B, 1, T, T) causal mask in the form the attention implementation expects."""
+    length = mask.shape[1]
+    allowed = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril() & mask.bool()[:, None, None, :]
+    if attn_implementation == "eager":
+        return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    if attn_implementation != "sdpa":
+        raise ValueError(f"user_input: item_vectors needs a custom attention mask, which {attn_implementation!r} "
+                         "does not take; load the backbone with sdpa or eager attention.")
+    return allowed
 
 
 class TwoTower(nn.Module):
@@ -182,14 +204,23 @@ class TwoTower(nn.Module):
         """User texts (B, T) -> (B, D)."""
         return self._encode("user", attention_mask, input_ids=input_ids)
 
-    def encode_user_history(self, prefix_ids: torch.Tensor, prefix_mask: torch.Tensor,
-                            history: torch.Tensor, history_mask: torch.Tensor) -> torch.Tensor:
-        """Profile prefix tokens (B, P) + history item vectors (B, L, D), oldest first -> (B, D)."""
+    def encode_user_history(self, prefix_ids: torch.Tensor, prefix_mask: torch.Tensor, history: torch.Tensor,
+                            history_mask: torch.Tensor, every_position: bool = False) -> torch.Tensor:
+        """Profile prefix tokens (B, P) + history item vectors (B, L, D), oldest first -> user vectors.
+
+        Attention is causal, so the state at history position j has seen the prefix and items 0..j only: one
+        pass yields the user after every prefix of the history, (B, L, D) with ``every_position``, which
+        trains on every next item at once. Otherwise (B, D): the user after the whole history.
+        """
+        self._activate("user")
         words = self.encoder.get_input_embeddings()(prefix_ids)  # (B, P, H)
         items = self.history_in(history.to(self.history_in.weight.dtype)).to(words.dtype)  # (B, L, H)
-        embeds = torch.cat([words, items], dim=1)
-        mask = torch.cat([prefix_mask, history_mask.to(prefix_mask.dtype)], dim=1)
-        return self._encode("user", mask, inputs_embeds=embeds)
+        mask = torch.cat([prefix_mask, history_mask.to(prefix_mask.dtype)], dim=1)  # (B, T)
+        attention = causal_mask(mask, self.encoder.config._attn_implementation, words.dtype)
+        hidden = self.encoder(inputs_embeds=torch.cat([words, items], dim=1), attention_mask=attention)
+        states = F.normalize(self.heads["user"](running_pool(hidden.last_hidden_state, mask, self.config.pooling))
+                             .float(), dim=-1)  # (B, T, D)
+        return states[:, prefix_ids.shape[1]:] if every_position else pool(states, mask, "last")
 
 
 def is_base_weight(key: str) -> bool:

@@ -83,7 +83,7 @@ def test_temperature_divides_similarities_and_is_clamped():
 def test_learnable_temperature_gets_a_gradient_and_logq_comes_from_counts():
     module = InBatchSoftmax(LossConfig(), num_items=3)
     module.set_item_counts(torch.tensor([6, 3, 0]))
-    assert module.logq.exp().tolist() == pytest.approx([7 / 12, 4 / 12, 1 / 12])
+    assert module.item_probs.tolist() == pytest.approx([7 / 12, 4 / 12, 1 / 12])
     loss = module(_vectors(2), _vectors(3, seed=6), torch.tensor([0, 2]), torch.tensor([0, 1, 2]))
     loss.backward()
     assert module.log_temperature.grad is not None and module.log_temperature.grad.abs() > 0
@@ -94,3 +94,11 @@ def test_learnable_temperature_gets_a_gradient_and_logq_comes_from_counts():
 def test_contradictory_temperatures_are_refused(bad):
     with pytest.raises(ValueError, match="min_temperature"):
         LossConfig(**bad)
+
+
+def test_column_logq_is_the_inclusion_probability_of_deduplicated_columns():
+    module = InBatchSoftmax(LossConfig(), num_items=3)
+    module.set_item_counts(torch.tensor([999_997, 0, 0]))  # q = [~1, 1e-6, 1e-6]
+    logq = module.column_logq(torch.tensor([0, 1, -1]), draws=100)
+    assert logq[0].item() == pytest.approx(0.0, abs=1e-6)  # always present: no correction
+    assert logq[1].item() == pytest.approx(math.log(100 * 1e-6), rel=1e-3)  # rare: log(draws * q)

@@ -114,3 +114,25 @@ def test_default_lora_targets_per_architecture(tiny_bert):
 def test_nonsense_tower_settings_are_refused(bad):
     with pytest.raises(ValueError):
         TowerConfig(**bad)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_history_positions_never_see_later_items(tiny_bert, pooling):
+    tower = _tower(tiny_bert, user_input="item_vectors", pooling=pooling)
+    tower.eval()
+    prefix = torch.tensor([[101, 2000, 102]])
+    history = torch.nn.functional.normalize(torch.randn(1, 5, 32), dim=-1)
+    mask = torch.ones(1, 5, dtype=torch.long)
+    states = tower.encode_user_history(prefix, torch.ones_like(prefix), history, mask, every_position=True)
+    changed = history.clone()
+    changed[0, 3:] = -changed[0, 3:]
+    after = tower.encode_user_history(prefix, torch.ones_like(prefix), changed, mask, every_position=True)
+    assert torch.allclose(states[0, :3], after[0, :3], atol=1e-5)  # positions 0..2 cannot see items 3, 4
+    assert not torch.allclose(states[0, 3:], after[0, 3:], atol=1e-5)
+    final = tower.encode_user_history(prefix, torch.ones_like(prefix), history, mask)
+    assert torch.allclose(final[0], states[0, -1], atol=1e-5)  # the user vector is the last position's
+
+
+def test_cls_pooling_cannot_summarise_a_causal_history():
+    with pytest.raises(ValueError, match="cls"):
+        TowerConfig(user_input="item_vectors", pooling="cls")

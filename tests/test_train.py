@@ -14,6 +14,9 @@ from conftest import TINY_TEMPLATES
 from recsys_tt.towers import is_base_weight
 from train import main
 
+CALLBACKS = ('[{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint", '
+             '"init_args": {"every_n_train_steps": 1, "save_last": true, "save_top_k": 0}}, '
+             '{"class_path": "recsys_tt.plots.PlotCurves"}]')
 CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
 
 
@@ -24,7 +27,7 @@ def _args(root: Path, paths: dict, backbone: str, max_steps: int, *extra: str) -
         "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "1",
         "--trainer.enable_progress_bar", "false",
         "--trainer.logger.init_args.save_dir", str(root), "--trainer.logger.init_args.version", "0",
-        "--trainer.callbacks.init_args.every_n_train_steps", "1",
+        "--trainer.callbacks", CALLBACKS,
         "--model.tower.backbone", backbone, "--model.warmup_steps", "2",
         "--data.dataset", "files", "--data.interactions", paths["interactions"], "--data.items", paths["items"],
         "--data.users", paths["users"], "--data.batch_size", "4", "--data.eval_batch_size", "3",
@@ -54,7 +57,9 @@ def test_fit_then_test_reports_full_ranking_metrics(tmp_path, tiny_dataset, tiny
     for name in ("test/ndcg@10", "test/recall@20", "test/mrr@10"):
         assert 0.0 <= float(metrics[name]) <= 1.0, name
     assert float(metrics["test/recall@20"]) == 1.0  # 12 items, 5 seen: the target always ranks within 20
-    logged = pd.read_csv(tmp_path / "ml100k_minilm" / "version_0" / "metrics.csv")
+    run = tmp_path / "ml100k_minilm" / "version_0"
+    assert (run / "curves.png").stat().st_size > 1000
+    logged = pd.read_csv(run / "metrics.csv")
     assert logged["val/ndcg@10"].notna().sum() == 2  # validated at steps 2 and 4
     losses = logged["train/loss"].dropna()
     assert len(losses) == 4 and losses.map(math.isfinite).all()
@@ -81,8 +86,8 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, tiny_dataset, tiny_bert
     a, b = _trainable(full), _trainable(resumed)
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     for name in ("test/ndcg@10", "test/mrr@20"):
-        assert float(resumed.trainer.callback_metrics[name]) == pytest.approx(float(full.trainer.callback_metrics[name]),
-                                                                               abs=1e-5)
+        expected = float(full.trainer.callback_metrics[name])
+        assert float(resumed.trainer.callback_metrics[name]) == pytest.approx(expected, abs=1e-5)
 
 
 def test_lora_training_leaves_the_backbone_unchanged(tmp_path, tiny_dataset, tiny_bert):

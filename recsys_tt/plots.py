@@ -1,0 +1,50 @@
+"""Training curves as a PNG next to the logged metrics, written when fitting ends."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_only
+
+log = logging.getLogger(__name__)
+
+
+def plot_curves(metrics_csv: str | Path, out: str | Path, metric: str = "ndcg@10") -> Path:
+    """Plots train/loss and val/<metric> (and val/recall@10) against the step from a CSVLogger file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = pd.read_csv(metrics_csv)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    if "train/loss" in frame:
+        loss = frame[["step", "train/loss"]].dropna()
+        left.plot(loss["step"], loss["train/loss"], lw=1)
+    left.set(xlabel="step", ylabel="train/loss", title="training loss")
+    for name in (f"val/{metric}", "val/recall@10"):
+        if name in frame:
+            curve = frame[["step", name]].dropna()
+            right.plot(curve["step"], curve[name], marker="o", label=name)
+    right.set(xlabel="step", title="validation (full ranking)")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return Path(out)
+
+
+class PlotCurves(pl.Callback):
+    """Writes ``curves.png`` into the CSV logger's folder at the end of ``fit``."""
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        logger = trainer.logger
+        if logger is None or not hasattr(logger, "experiment") or not hasattr(logger.experiment, "metrics_file_path"):
+            return
+        logger.save()
+        path = plot_curves(logger.experiment.metrics_file_path, Path(logger.log_dir) / "curves.png")
+        log.info("Training curves written to %s", path)

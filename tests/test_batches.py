@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import numpy as np
+
+from recsys_tt.batches import StepBatches, training_examples, training_windows
+
+
+def test_windows_tile_every_target_once_with_the_latest_window_full():
+    train = [np.arange(10, 17), np.array([1, 2])]  # 7 items: targets at positions 1..6; 2 items: target 1
+    windows = training_windows(train, length=4, min_history=1)
+    assert windows.tolist() == [[0, 2, 6], [0, 0, 2], [1, 0, 1]]
+    targets = [t for u, a, b in windows for t in train[u][a + 1: b + 1]]
+    assert sorted(targets) == sorted(list(train[0][1:]) + list(train[1][1:]))
+    examples = training_examples(train, min_history=1)
+    assert len(examples) == len(targets)  # both forms see every transition once an epoch
+
+
+def test_step_batches_resume_at_the_restored_step_and_split_ranks():
+    examples = np.arange(40).reshape(20, 2)
+    step = {"now": 0}
+
+    def batches(rank):
+        return StepBatches(examples, lambda x: x[:, 0].tolist(), batch_size=2, seed=3, rank=rank, world_size=2,
+                           current_step=lambda: step["now"])
+
+    full = list(batches(0))
+    other = list(batches(1))
+    assert len(full) == 5 and not set(map(tuple, full)) & set(map(tuple, other))  # ranks get disjoint rows
+    step["now"] = 3
+    assert list(batches(0)) == full[3:]  # resumed mid-epoch: the remaining batches of the same order
+    step["now"] = 5
+    assert list(batches(0)) != full  # next epoch: a new order
