@@ -13,6 +13,8 @@ Every option: python train.py fit --help
 
 from __future__ import annotations
 
+import logging
+
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from recsys_tt.datamodule import RecDataModule
@@ -32,6 +34,8 @@ class TwoTowerCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> TwoTowerCLI:
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("recsys_tt").setLevel(logging.INFO)
     return TwoTowerCLI(TwoTowerModule, RecDataModule, args=args, save_config_kwargs={"overwrite": True})
 
 

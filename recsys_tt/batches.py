@@ -77,13 +77,6 @@ class UserFeatures:
         return user_text(self.profile_texts[user], [self.history_names[i] for i in history], self.templates)
 
 
-def item_batch(items: np.ndarray, item_tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Item tower inputs for item indices (M,), padded only as far as these items need."""
-    tokens = trim({k: v[torch.as_tensor(items)] for k, v in item_tokens.items()})
-    return {"items": torch.as_tensor(items), "item_input_ids": tokens["input_ids"],
-            "item_attention_mask": tokens["attention_mask"]}
-
-
 class StepBatches:
     """Resumable training batches: the batch at optimizer step s depends only on (seed, s, rank).
 

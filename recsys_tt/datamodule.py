@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from recsys_tt.batches import StepBatches, UserFeatures, item_batch, pad_rows, training_examples, training_windows
+from recsys_tt.batches import StepBatches, UserFeatures, pad_rows, training_examples, training_windows
 from recsys_tt.data import InteractionData, LeaveOneOut, load_interaction_data
 from recsys_tt.movielens import ensure_movielens_100k
 from recsys_tt.text import TextTemplates, render_table, tokenize_table
@@ -139,8 +139,7 @@ class RecDataModule(pl.LightningDataModule):
         valid = targets >= 0
         unique, column = torch.unique(targets[valid], return_inverse=True)
         positive = torch.full_like(targets, -1).masked_scatter(valid, column)
-        return {**self.user_features.batch(examples[:, 0], histories), **item_batch(unique.numpy(), self.item_tokens),
-                "positive": positive}
+        return {**self.user_features.batch(examples[:, 0], histories), "items": unique, "positive": positive}
 
     def eval_batch(self, users: list[int], stage: str) -> dict[str, torch.Tensor]:
         """Users -> user inputs with the history before the ``stage`` target, the target and items to exclude."""

@@ -11,6 +11,7 @@ import torch
 
 from recsys_tt.loss import InBatchSoftmax, LossConfig
 from recsys_tt.metrics import catalog_scores, exclude_seen, ranking_metrics, target_ranks
+from recsys_tt.text import trim
 from recsys_tt.towers import TowerConfig, TwoTower, is_base_weight, load_model
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class TwoTowerModule(pl.LightningModule):
         warmup_steps: int = 50,
         min_lr_ratio: float = 0.1,
         cache_refresh_steps: int = 20,
+        fresh_items: int | None = 256,
         eval_ks: tuple[int, ...] = (10, 20),
         item_chunk_size: int = 512,
         seed: int = 0,
@@ -43,16 +45,18 @@ class TwoTowerModule(pl.LightningModule):
             weight_decay: AdamW weight decay (not applied to id vectors).
             warmup_steps: linear warm-up steps before cosine decay.
             min_lr_ratio: the cosine decays to this fraction of the learning rate at the last step.
-            cache_refresh_steps: re-encode the whole catalog for history inputs every this many steps
-                (item-vector users only); history vectors are detached in between.
+            cache_refresh_steps: re-encode the catalog's text vectors every this many steps; history inputs and
+                in-batch items beyond ``fresh_items`` read them (detached) in between.
+            fresh_items: in-batch items encoded with gradients per step (None: all); the rest are cached
+                negatives. Encoding items is most of a step's cost, so this sets the speed.
             eval_ks: cut-offs of Recall/NDCG/MRR.
             item_chunk_size: items encoded per forward pass when encoding the catalog.
             seed: with the global step and rank, seeds each step's dropout so resumed runs match.
         """
         super().__init__()
         self.save_hyperparameters()
-        for name in ("lr", "id_lr", "cache_refresh_steps", "item_chunk_size"):
-            if getattr(self.hparams, name) <= 0:
+        for name in ("lr", "id_lr", "cache_refresh_steps", "item_chunk_size", "fresh_items"):
+            if getattr(self.hparams, name) is not None and getattr(self.hparams, name) <= 0:
                 raise ValueError(f"model.{name} must be positive, got {getattr(self.hparams, name)}.")
         if not eval_ks or min(eval_ks) <= 0:
             raise ValueError(f"model.eval_ks must be positive cut-offs, got {eval_ks}.")
@@ -60,8 +64,9 @@ class TwoTowerModule(pl.LightningModule):
         self.loss = InBatchSoftmax(loss, num_items)
         self.strict_loading = False  # checkpoints leave out the frozen backbone
         self.item_tokens: dict[str, torch.Tensor] | None = None
-        self.item_cache: torch.Tensor | None = None  # (N, D) detached catalog vectors for history inputs
-        self.catalog_vectors: torch.Tensor | None = None  # (N, D) fresh vectors during evaluation
+        self.item_text_cache: torch.Tensor | None = None  # (N, D) detached catalog text vectors, refreshed in training
+        self.catalog_text: torch.Tensor | None = None  # (N, D) text vectors during evaluation
+        self.catalog_vectors: torch.Tensor | None = None  # (N, D) item vectors during evaluation
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -76,8 +81,8 @@ class TwoTowerModule(pl.LightningModule):
                 self.model.seen_items.copy_(counts > 0)
 
     # ----- encoding -----------------------------------------------------------------------------------
-    def encode_catalog(self) -> torch.Tensor:
-        """(N, D) vectors of every item, in eval mode and without gradients."""
+    def encode_catalog_text(self) -> torch.Tensor:
+        """(N, D) text vectors of every item (before id vectors), in eval mode and without gradients."""
         was_training = self.training
         self.eval()
         chunks = []
@@ -86,24 +91,36 @@ class TwoTowerModule(pl.LightningModule):
         with torch.no_grad(), precision:
             for start in range(0, self.hparams.num_items, self.hparams.item_chunk_size):
                 items = torch.arange(start, min(start + self.hparams.item_chunk_size, self.hparams.num_items))
-                chunks.append(self._encode_items(items))
+                chunks.append(self.model.encode_item_text(**self._item_tokens(items)))
         self.train(was_training)
         return torch.cat(chunks)
 
-    def _encode_items(self, items: torch.Tensor) -> torch.Tensor:
-        tokens = {k: v[items] for k, v in self.item_tokens.items()}
-        length = max(int(tokens["attention_mask"].sum(1).max()), 1)
-        return self.model.encode_items(tokens["input_ids"][:, :length].to(self.device),
-                                       tokens["attention_mask"][:, :length].to(self.device), items.to(self.device))
+    def _item_tokens(self, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        tokens = trim({k: v[items.cpu()] for k, v in self.item_tokens.items()})
+        return {name: values.to(self.device) for name, values in tokens.items()}
 
-    def encode_users(self, batch: dict[str, torch.Tensor], item_vectors: torch.Tensor | None,
+    def batch_item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """(M,) in-batch items -> (M, D) vectors; at most ``fresh_items`` random ones are encoded with gradients.
+
+        The others take their text vector from the catalog cache (refreshed every ``cache_refresh_steps``),
+        so they still serve as negatives, and their id vectors still train, at a fraction of the cost.
+        """
+        fresh = self.hparams.fresh_items
+        if fresh is None or self.item_text_cache is None or fresh >= len(items):
+            return self.model.add_item_ids(self.model.encode_item_text(**self._item_tokens(items)), items)
+        order = torch.randperm(len(items), device=items.device)
+        encoded = self.model.encode_item_text(**self._item_tokens(items[order[:fresh]]))
+        text = torch.cat([encoded, self.item_text_cache[items[order[fresh:]]].to(encoded.dtype)])
+        return self.model.add_item_ids(text[torch.argsort(order)], items)
+
+    def encode_users(self, batch: dict[str, torch.Tensor], item_text: torch.Tensor | None,
                      every_position: bool = False) -> torch.Tensor:
-        """(B, D) user vectors from user-tower inputs; history vectors are read from ``item_vectors``.
+        """(B, D) user vectors from user-tower inputs; history items' text vectors come from ``item_text``.
 
         With ``every_position``, item-vector users give (B, L, D): the user after each history prefix.
         """
         if "history" in batch:
-            history = item_vectors[batch["history"]]  # (B, L, D)
+            history = self.model.add_item_ids(item_text[batch["history"]], batch["history"])  # (B, L, D)
             return self.model.encode_user_history(batch["prefix_ids"], batch["prefix_mask"], history,
                                                   batch["history_mask"], every_position=every_position)
         return self.model.encode_user_text(batch["user_input_ids"], batch["user_attention_mask"])
@@ -111,14 +128,13 @@ class TwoTowerModule(pl.LightningModule):
     # ----- training -----------------------------------------------------------------------------------
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         torch.manual_seed(hash((self.hparams.seed, self.global_step, self.global_rank)) % 2**31)
-        refresh = self.hparams.cache_refresh_steps
-        uses_history = self.model.config.user_input == "item_vectors"
-        if uses_history and (self.item_cache is None or self.global_step % refresh == 0):
-            self.item_cache = self.encode_catalog().detach()
+        needs_cache = self.model.config.user_input == "item_vectors" or self.hparams.fresh_items is not None
+        if needs_cache and (self.item_text_cache is None or self.global_step % self.hparams.cache_refresh_steps == 0):
+            self.item_text_cache = self.encode_catalog_text()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        items = self.model.encode_items(batch["item_input_ids"], batch["item_attention_mask"], batch["items"])
-        users, positive = self.encode_users(batch, self.item_cache, every_position=True), batch["positive"]
+        items = self.batch_item_vectors(batch["items"])
+        users, positive = self.encode_users(batch, self.item_text_cache, every_position=True), batch["positive"]
         if users.dim() == 3:  # one row per (window, position) target
             users, positive = users[positive >= 0], positive[positive >= 0]
         loss = self.loss(users, items, positive, batch["items"])
@@ -128,7 +144,10 @@ class TwoTowerModule(pl.LightningModule):
 
     # ----- evaluation ---------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self.catalog_vectors = self.encode_catalog()
+        self.catalog_text = self.encode_catalog_text()
+        with torch.no_grad():
+            self.catalog_vectors = self.model.add_item_ids(self.catalog_text, torch.arange(self.hparams.num_items,
+                                                                                         device=self.device))
 
     on_test_epoch_start = on_validation_epoch_start
 
@@ -139,7 +158,7 @@ class TwoTowerModule(pl.LightningModule):
         self._evaluate(batch, "test")
 
     def _evaluate(self, batch: dict, prefix: str) -> None:
-        users = self.encode_users(batch, self.catalog_vectors)
+        users = self.encode_users(batch, self.catalog_text)
         scores = exclude_seen(catalog_scores(users, self.catalog_vectors), batch["exclude"])  # (B, N)
         metrics = ranking_metrics(target_ranks(scores, batch["target"]), tuple(self.hparams.eval_ks))
         for name, values in metrics.items():
@@ -169,9 +188,9 @@ class TwoTowerModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not is_base_weight(k)}
-        if self.item_cache is not None:
-            checkpoint["item_cache"] = self.item_cache.cpu()
+        if self.item_text_cache is not None:
+            checkpoint["item_text_cache"] = self.item_text_cache.cpu()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "item_cache" in checkpoint:
-            self.item_cache = checkpoint["item_cache"].to(self.device)
+        if "item_text_cache" in checkpoint:
+            self.item_text_cache = checkpoint["item_text_cache"].to(self.device)

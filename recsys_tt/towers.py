@@ -190,15 +190,25 @@ class TwoTower(nn.Module):
         pooled = pool(hidden, attention_mask, self.config.pooling)
         return F.normalize(self.heads[tower](pooled).float(), dim=-1)
 
+    def encode_item_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Item texts (M, T) -> (M, D) text vectors, before id vectors are added."""
+        return self._encode("item", attention_mask, input_ids=input_ids)
+
+    def add_item_ids(self, text: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
+        """Text vectors (..., D) of items (...) -> item vectors: + id vector where the item was seen in training.
+
+        Indices >= num_items (items added after training) and unseen items keep their text vector.
+        """
+        if not self.config.item_id_embeddings or items is None:
+            return text
+        index = items.clamp(max=self.num_items - 1)
+        known = (items < self.num_items) & self.seen_items[index]
+        return F.normalize(text + self.item_ids(index).float() * known.unsqueeze(-1), dim=-1)
+
     def encode_items(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      items: torch.Tensor | None = None) -> torch.Tensor:
-        """Item texts (M, T) [+ item indices (M,), >= num_items for items unseen in training] -> (M, D)."""
-        vectors = self._encode("item", attention_mask, input_ids=input_ids)
-        if self.config.item_id_embeddings and items is not None:
-            known = (items < self.num_items) & self.seen_items[items.clamp(max=self.num_items - 1)]
-            ids = self.item_ids(items.clamp(max=self.num_items - 1)) * known.unsqueeze(-1)
-            vectors = F.normalize(vectors + ids.float(), dim=-1)
-        return vectors
+        """Item texts (M, T) [+ item indices (M,)] -> (M, D) item vectors."""
+        return self.add_item_ids(self.encode_item_text(input_ids, attention_mask), items)
 
     def encode_user_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """User texts (B, T) -> (B, D)."""

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recsys_tt.module import TwoTowerModule
+from recsys_tt.text import tokenize_table
+from recsys_tt.towers import TowerConfig, load_tokenizer
+
+
+@pytest.fixture
+def module(tiny_bert) -> TwoTowerModule:
+    torch.manual_seed(0)
+    module = TwoTowerModule(num_items=6, tower=TowerConfig(backbone=tiny_bert), fresh_items=2)
+    module.item_tokens = tokenize_table(load_tokenizer(tiny_bert), [f"movie {i} about thing {i}" for i in range(6)], 16)
+    with torch.no_grad():
+        module.model.item_ids.weight.normal_()
+    return module.eval()  # no dropout: cached and fresh encodings of an item must agree
+
+
+def test_cached_negatives_equal_fresh_encodings_and_fresh_ones_carry_gradients(module):
+    items = torch.tensor([0, 2, 3, 5])
+    module.item_text_cache = module.encode_catalog_text()
+    mixed = module.batch_item_vectors(items)
+    full = module.model.add_item_ids(module.model.encode_item_text(**module._item_tokens(items)), items)
+    assert torch.allclose(mixed, full, atol=1e-5)
+    mixed.sum().backward()
+    lora = [p for n, p in module.named_parameters() if "lora_B.item" in n]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)
+    assert (module.model.item_ids.weight.grad[items].abs().sum(1) > 0).all()  # every column's id vector trains
+
+
+def test_without_a_cache_every_item_is_encoded(module):
+    items = torch.tensor([1, 4, 5])
+    vectors = module.batch_item_vectors(items)
+    assert vectors.shape == (3, 32) and torch.allclose(vectors.norm(dim=-1), torch.ones(3), atol=1e-5)
+
+
+def test_nonsense_optimisation_settings_are_refused(tiny_bert):
+    with pytest.raises(ValueError, match="fresh_items"):
+        TwoTowerModule(num_items=6, tower=TowerConfig(backbone=tiny_bert), fresh_items=0)
+    with pytest.raises(ValueError, match="eval_ks"):
+        TwoTowerModule(num_items=6, tower=TowerConfig(backbone=tiny_bert), eval_ks=(0,))
