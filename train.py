@@ -1,6 +1,6 @@
 """Train a two-tower recommender (LightningCLI): fit, then test on the same weights.
 
-CPU, MovieLens-100K + MiniLM (about 12 minutes on 2 cores):
+CPU, MovieLens-100K + MiniLM (about 14 minutes on 2 cores):
     python train.py fit --config configs/ml100k_minilm.yaml
 Resume an interrupted run (CKPT = runs/ml100k_minilm/version_0/checkpoints/last.ckpt):
     python train.py fit --config configs/ml100k_minilm.yaml --ckpt_path CKPT

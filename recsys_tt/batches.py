@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recsys_tt.text import TextTemplates, tokenize, trim, user_text
+from recsys_tt.text import TextTemplates, tokenize, tokenize_table, trim, user_text
 
 
 def training_examples(train: Sequence[np.ndarray], min_history: int) -> np.ndarray:
@@ -60,6 +60,12 @@ class UserFeatures:
     tokenizer: object
     history_len: int
     max_user_tokens: int
+
+    @classmethod
+    def build(cls, user_input: str, profiles: list[str], history_names: list[str], templates: TextTemplates,
+              tokenizer, history_len: int, max_user_tokens: int, max_profile_tokens: int) -> UserFeatures:
+        return cls(user_input, profiles, tokenize_table(tokenizer, profiles, max_profile_tokens), history_names,
+                   templates, tokenizer, history_len, max_user_tokens)
 
     def batch(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         """Inputs of the user tower for users (B,) whose histories (oldest first) are given."""

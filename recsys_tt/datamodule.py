@@ -111,18 +111,19 @@ class RecDataModule(pl.LightningDataModule):
 
     @functools.cached_property
     def user_features(self) -> UserFeatures:
-        data, hp = self.data, self.hparams
-        if data.users is None:
-            profiles = [""] * data.num_users
-        else:
-            profiles = render_table(self.templates.profile, data.users.loc[data.user_ids], "user")
-        return UserFeatures(
-            user_input=hp.user_input, profile_texts=profiles,
-            profile_tokens=tokenize_table(self.tokenizer, profiles, hp.max_profile_tokens),
-            history_names=render_table(self.templates.history_item, data.items, "item"),
-            templates=self.templates, tokenizer=self.tokenizer, history_len=hp.history_len,
-            max_user_tokens=hp.max_user_tokens,
-        )
+        hp = self.hparams
+        return UserFeatures.build(hp.user_input, self.profile_texts, self.history_names, self.templates, self.tokenizer,
+                                  hp.history_len, hp.max_user_tokens, hp.max_profile_tokens)
+
+    @functools.cached_property
+    def history_names(self) -> list[str]:
+        return render_table(self.templates.history_item, self.data.items, "item")
+
+    @functools.cached_property
+    def profile_texts(self) -> list[str]:
+        data = self.data
+        return [""] * data.num_users if data.users is None else render_table(
+            self.templates.profile, data.users.loc[data.user_ids], "user")
 
     def train_batch(self, examples: np.ndarray) -> dict[str, torch.Tensor]:
         """Examples -> user inputs, the unique positive items, and each target's column among them.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -34,3 +35,26 @@ def ranking_metrics(ranks: torch.Tensor, ks: tuple[int, ...]) -> dict[str, torch
         out[f"ndcg@{k}"] = torch.where(hit, 1.0 / torch.log2(ranks + 2.0), torch.zeros_like(ranks))
         out[f"mrr@{k}"] = torch.where(hit, 1.0 / (ranks + 1.0), torch.zeros_like(ranks))
     return out
+
+
+def catalog_coverage(recommended: np.ndarray, num_items: int) -> float:
+    """Share of the catalog that appears in any list; recommended (U, K) item rows, -1 padding."""
+    return float(len(np.unique(recommended[recommended >= 0])) / num_items)
+
+
+def novelty(recommended: np.ndarray, item_popularity: np.ndarray) -> float:
+    """Mean self-information -log2 p(item) of recommended items; popularity is the share of users per item."""
+    valid = recommended[recommended >= 0]
+    return float(np.mean(-np.log2(item_popularity[valid]))) if len(valid) else 0.0
+
+
+def intra_list_diversity(recommended: np.ndarray, vectors: np.ndarray) -> float:
+    """Mean pairwise cosine distance (1 - cos) inside each list, averaged over lists of two or more items."""
+    values = []
+    for row in recommended:
+        items = vectors[row[row >= 0]]
+        if len(items) >= 2:
+            sims = items @ items.T
+            n = len(items)
+            values.append(1.0 - (sims.sum() - np.trace(sims)) / (n * (n - 1)))
+    return float(np.mean(values)) if values else 0.0

@@ -1,0 +1,67 @@
+"""Adding cold-start items to an export: text in, vectors out, no retraining."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recsys_tt.data import DataError, read_table, require_columns
+from recsys_tt.export import ExportFolder, swap_into_place
+from recsys_tt.text import TextTemplates, render_table, tokenize_table
+from recsys_tt.towers import load_tokenizer
+
+
+def _new_items(path: str | Path, existing: pd.Series) -> pd.DataFrame:
+    frame = read_table(path)
+    require_columns(frame, ["item_id"], path)
+    frame = frame.assign(item_id=frame["item_id"].astype(str).str.strip())
+    repeated = frame["item_id"][frame["item_id"].duplicated()]
+    if len(repeated):
+        raise DataError(f"{path} lists item_id {repeated.iloc[0]!r} more than once; ids must be unique.")
+    clash = frame["item_id"][frame["item_id"].isin(set(existing.astype(str)))]
+    if len(clash):
+        raise DataError(f"{path}: item_id(s) {clash.tolist()[:5]} are already in the export; give new items new ids.")
+    return frame.reset_index(drop=True)
+
+
+def add_items(export_dir: str | Path, items_file: str | Path) -> dict:
+    """Encodes new items with the export's item tower (text only: they have no trained id vector) and appends
+    them to the index, vectors and tables, replacing the folder atomically."""
+    export = ExportFolder.load(export_dir)
+    hp = export.meta["data_hparams"]
+    templates = TextTemplates(**hp["templates"])
+    new = _new_items(items_file, export.items["item_id"])
+    texts = render_table(templates.item, new, "item")
+    names = render_table(templates.history_item, new, "item")
+    tokens = tokenize_table(load_tokenizer(hp["backbone"]), texts, hp["max_item_tokens"])
+    rows = torch.arange(len(export.items), len(export.items) + len(new))
+    with torch.no_grad():
+        text = export.module.model.encode_item_text(**tokens)
+        vectors = export.module.model.add_item_ids(text, rows)
+    items = pd.concat([export.items, pd.DataFrame({"item_id": new["item_id"], "text": texts, "history_name": names,
+                                                   "train_count": 0})], ignore_index=True)
+    _write_extended(export, items, text.float().numpy(), vectors.float().numpy())
+    return {"export": str(export.folder), "added": len(new), "num_items": len(items)}
+
+
+def _write_extended(export: ExportFolder, items: pd.DataFrame, text: np.ndarray, vectors: np.ndarray) -> None:
+    import faiss
+
+    folder = export.folder
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}-") as tmp:
+        staging = Path(tmp) / "export"
+        shutil.copytree(folder, staging)
+        export.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        faiss.write_index(export.index, str(staging / "index.faiss"))
+        np.save(staging / "vectors.npy", np.concatenate([export.vectors, vectors]))
+        np.save(staging / "text_vectors.npy", np.concatenate([export.text_vectors, text]))
+        items.to_parquet(staging / "items.parquet", index=False)
+        meta = dict(export.meta, num_items=len(items), added_items=export.meta.get("added_items", 0) + len(vectors))
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+        swap_into_place(staging, folder)

@@ -1,0 +1,64 @@
+"""Rebuilding a trained model and its data from a training checkpoint (which holds only trainable weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from recsys_tt.datamodule import RecDataModule
+from recsys_tt.loss import LossConfig
+from recsys_tt.module import TwoTowerModule
+from recsys_tt.text import TextTemplates
+from recsys_tt.towers import TowerConfig, is_base_weight
+
+
+def _public(params: dict) -> dict:
+    return {k: v for k, v in params.items() if not k.startswith("_")}
+
+
+def build_module(hparams: dict) -> TwoTowerModule:
+    """A TwoTowerModule from the hyperparameters a checkpoint or export recorded (configs as plain dicts)."""
+    hp = _public(hparams)
+    hp["tower"], hp["loss"] = TowerConfig(**hp["tower"]), LossConfig(**hp["loss"])
+    hp["eval_ks"] = tuple(hp["eval_ks"])
+    return TwoTowerModule(**hp)
+
+
+def build_datamodule(hparams: dict) -> RecDataModule:
+    hp = _public(hparams)
+    hp["templates"] = TextTemplates(**hp["templates"])
+    return RecDataModule(**hp)
+
+
+def load_trainable(module: TwoTowerModule, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Loads adapter/head/id weights onto a module whose frozen base came from its backbone."""
+    backbone = module.model.config.backbone
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise ValueError(f"{source} does not fit backbone {backbone!r} (shapes differ): was it trained with "
+                         f"another backbone or projection?\n{err}") from err
+    missing = [k for k in missing if not is_base_weight(k)]
+    if missing or unexpected:
+        raise ValueError(f"{source} does not match the model built for backbone {backbone!r}: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}.")
+
+
+def load_checkpoint(path: str | Path) -> tuple[TwoTowerModule, RecDataModule]:
+    """The trained module (eval mode, item tokens attached) and the datamodule of a train.py checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No checkpoint at {path}.")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    needed = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")
+    if any(key not in ckpt for key in needed):
+        raise ValueError(f"{path} is not a recsys_tt training checkpoint (it lacks {needed}).")
+    module = build_module(ckpt["hyper_parameters"])
+    data = build_datamodule(ckpt["datamodule_hyper_parameters"])
+    load_trainable(module, ckpt["state_dict"], path)
+    if data.num_items != module.hparams.num_items:
+        raise ValueError(f"{path} was trained on {module.hparams.num_items} items but its dataset now has "
+                         f"{data.num_items}; the data files changed since training.")
+    module.item_tokens = data.item_tokens
+    return module.eval(), data

@@ -1,0 +1,37 @@
+"""Export a trained checkpoint to a folder that scoring and serving need nothing else for.
+
+    python scripts/export_index.py --checkpoint runs/ml100k_minilm/version_0/checkpoints/last.ckpt --out exports/ml100k
+    python scripts/export_index.py --checkpoint CKPT --out DIR --factory "IVF64,PQ16" --search_params "nprobe=8"
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from jsonargparse import auto_cli
+
+from recsys_tt.export import export_model
+
+
+def main(checkpoint: str, out: str, factory: str = "Flat", search_params: str = "", report_users: int = 500,
+         overwrite: bool = False) -> None:
+    """Encode the catalog with a checkpoint's towers and write index, vectors, id maps, weights and meta.json.
+
+    Args:
+        checkpoint: a train.py checkpoint (e.g. runs/<name>/version_N/checkpoints/last.ckpt).
+        out: export folder to create (written atomically).
+        factory: FAISS index-factory string: Flat, HNSW32, IVF1024,Flat, IVF1024,PQ32, ...
+        search_params: FAISS search parameters stored with the index, e.g. "nprobe=16" or "efSearch=64".
+        report_users: users whose top-10 from the index is compared with exact search in meta.json.
+        overwrite: replace an existing folder (only once the new one is complete).
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    folder = export_model(checkpoint, out, factory, search_params, report_users, overwrite)
+    meta = json.loads((folder / "meta.json").read_text())
+    print(json.dumps({"export": str(folder), "items": meta["num_items"], "dim": meta["dim"], "factory": factory,
+                      "build_seconds": meta["build_seconds"], "ann_recall_at_10": meta["ann_recall_at_10"]["value"]}))
+
+
+if __name__ == "__main__":
+    auto_cli(main)

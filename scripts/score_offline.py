@@ -1,0 +1,33 @@
+"""Top-K recommendations for dataset users from an export folder, to Parquet (user_id, item_id, rank, score).
+
+    python scripts/score_offline.py --export exports/ml100k --out recs.parquet --k 100 --split test
+"""
+
+from __future__ import annotations
+
+import json
+
+from jsonargparse import auto_cli
+
+from recsys_tt.scoring import score_users
+
+
+def main(export: str, out: str, k: int = 100, split: str = "test", user_ids: list[str] | None = None,
+         batch_size: int = 512) -> None:
+    """Score users and write their top-K, seen items excluded, rank 1 = best.
+
+    Args:
+        export: folder written by scripts/export_index.py.
+        out: Parquet file to write.
+        k: items per user (at most the catalog size).
+        split: "test" scores each user with the history before their test item (train + validation);
+            "valid" with the training history only.
+        user_ids: only these users (default: all); unknown ids are reported and skipped.
+        batch_size: users encoded and searched at once.
+    """
+    report = score_users(export, out, k, split, user_ids, batch_size)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    auto_cli(main)

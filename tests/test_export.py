@@ -1,0 +1,140 @@
+"""Checkpoint -> export folder -> offline scoring -> evaluation, on a tiny model and tiny data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import write_tiny_dataset
+from test_train import _args
+
+from recsys_tt.export import ExportFolder, export_model
+from recsys_tt.index import build_index, exact_top_k, recall_against_exact
+from recsys_tt.retrieval import search_excluding
+from recsys_tt.scoring import evaluate_recommendations, score_users
+from train import main
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_bert):
+    root = tmp_path_factory.mktemp("trained")
+    paths = write_tiny_dataset(root / "data")
+    cli = main(_args(root, paths, tiny_bert, 4, "--model.eval_ks", "[3,5]"))
+    return root / "ml100k_minilm/version_0/checkpoints/last.ckpt", cli.trainer.callback_metrics
+
+
+@pytest.fixture(scope="module")
+def flat_export(trained, tmp_path_factory):
+    return export_model(trained[0], tmp_path_factory.mktemp("exports") / "flat", report_users=8)
+
+
+def test_export_folder_describes_itself(flat_export, trained):
+    meta = json.loads((flat_export / "meta.json").read_text())
+    assert (meta["num_items"], meta["dim"], meta["metric"], meta["factory"]) == (12, 32, "inner_product", "Flat")
+    assert meta["ann_recall_at_10"]["value"] == 1.0
+    assert meta["source_checkpoint"] == str(trained[0].resolve()) and len(meta["adapter_sha256"]) == 64
+    export = ExportFolder.load(flat_export)
+    assert export.items["item_id"].tolist()[:2] == ["i0", "i1"]
+    assert np.allclose(np.linalg.norm(export.vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_flat_search_is_exact_and_never_returns_seen_items(flat_export):
+    export = ExportFolder.load(flat_export)
+    users = np.arange(len(export.users))
+    queries = export.user_vectors(users, "test")
+    seen = [export.split.history(u, "test") for u in users]
+    rows, scores = search_excluding(export.index, queries, 4, seen)
+    brute = queries @ export.vectors.T
+    for q, row in enumerate(rows):
+        assert not set(row) & set(seen[q])
+        allowed = np.delete(brute[q], seen[q])
+        kth_best = np.sort(allowed)[::-1][3]
+        assert np.all(brute[q, row] >= kth_best - 1e-5)  # tie-aware: anything scored like the k-th may stand in
+        assert np.allclose(scores[q], brute[q, row], atol=1e-5)
+
+
+def test_offline_scoring_reproduces_the_training_test_metrics(flat_export, trained, tmp_path):
+    out = tmp_path / "recs.parquet"
+    report = score_users(flat_export, out, k=7, split="test")
+    recs = pd.read_parquet(out)
+    assert report["users"] == 8 and len(recs) == 8 * 7
+    assert recs.groupby("user_id")["rank"].apply(list).map(lambda r: r == list(range(1, 8))).all()
+    metrics = evaluate_recommendations(out, flat_export, "test", (3, 5))
+    for name in ("ndcg@3", "recall@5", "mrr@5"):
+        assert metrics[name] == pytest.approx(float(trained[1][f"test/{name}"]), abs=1e-4), name
+    assert 0 < metrics["coverage@5"] <= 1 and metrics["novelty@5"] > 0 and 0 <= metrics["diversity@5"] <= 2
+
+
+def test_unknown_users_are_reported_not_fatal(flat_export, tmp_path):
+    report = score_users(flat_export, tmp_path / "r.parquet", k=3, user_ids=["u1", "nobody"])
+    assert report["users"] == 1 and report["unknown_users"] == 1
+
+
+@pytest.mark.parametrize("factory, params", [("HNSW8", "efSearch=16"), ("IVF2,Flat", "nprobe=2"), ("PQ4", "")])
+def test_approximate_indexes_build_and_are_measured(factory, params):
+    vectors = np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index, seconds = build_index(vectors, factory, params)
+    recall = recall_against_exact(index, vectors[:20], vectors, k=10)
+    assert index.ntotal == 300 and seconds >= 0 and 0.0 < recall <= 1.0
+    assert exact_top_k(vectors[:3], vectors, 1)[:, 0].tolist() == [0, 1, 2]
+
+
+def test_bad_requests_are_refused_and_leave_exports_intact(flat_export, trained, tmp_path):
+    with pytest.raises(ValueError, match="k must be in 1..12"):
+        score_users(flat_export, tmp_path / "r.parquet", k=13)
+    with pytest.raises(ValueError, match="cannot build"):
+        export_model(trained[0], tmp_path / "bad", factory="NotAnIndex")
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export_model(trained[0], flat_export)
+    with pytest.raises(ValueError, match="split must be one of"):
+        score_users(flat_export, tmp_path / "r.parquet", split="train")
+    ExportFolder.load(flat_export)  # still valid
+
+
+def test_tampered_exports_are_refused(flat_export, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(flat_export, copy)
+    np.save(copy / "vectors.npy", np.zeros((12, 16), dtype=np.float32))
+    with pytest.raises(ValueError, match="modified after export"):
+        ExportFolder.load(copy)
+    shutil.copytree(flat_export, copy, dirs_exist_ok=True)
+    (copy / "weights.pt").write_bytes(b"not the weights")
+    with pytest.raises(ValueError, match="adapter hash"):
+        _ = ExportFolder.load(copy).module
+    (copy / "index.faiss").unlink()
+    with pytest.raises(ValueError, match="missing"):
+        ExportFolder.load(copy)
+
+
+def test_added_items_match_a_fresh_encoding_and_can_be_retrieved(flat_export, tmp_path):
+    import shutil
+
+    from recsys_tt.catalog import add_items
+    from recsys_tt.data import DataError
+
+    folder = tmp_path / "export"
+    shutil.copytree(flat_export, folder)
+    new = tmp_path / "new.csv"
+    pd.DataFrame({"item_id": ["n1", "n2"], "title": ["A brand new film", "Another one"],
+                  "genres": ["Drama", "Horror"]}).to_csv(new, index=False)
+    assert add_items(folder, new)["num_items"] == 14
+    export = ExportFolder.load(folder)
+    fresh_text = export.module.encode_catalog_text()
+    fresh = export.module.model.add_item_ids(fresh_text, torch.arange(14)).detach().numpy()
+    assert np.allclose(export.vectors[12:], fresh[12:], atol=1e-5)
+    assert np.allclose(export.vectors[:12], ExportFolder.load(flat_export).vectors)
+    rows, _ = search_excluding(export.index, export.vectors[12:], 1, [np.array([], dtype=np.int64)] * 2)
+    assert rows[:, 0].tolist() == [12, 13]
+    for bad in (pd.DataFrame({"item_id": ["n3", "n3"], "title": ["x", "y"], "genres": ["a", "b"]}),
+                pd.DataFrame({"item_id": ["i0"], "title": ["x"], "genres": ["a"]})):
+        bad.to_csv(new, index=False)
+        with pytest.raises(DataError, match="item_id"):
+            add_items(folder, new)
+    assert ExportFolder.load(folder).meta["num_items"] == 14  # the failed additions changed nothing
