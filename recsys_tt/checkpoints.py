@@ -61,4 +61,10 @@ def load_checkpoint(path: str | Path) -> tuple[TwoTowerModule, RecDataModule]:
         raise ValueError(f"{path} was trained on {module.hparams.num_items} items but its dataset now has "
                          f"{data.num_items}; the data files changed since training.")
     module.item_tokens = data.item_tokens
+    module.autocast_dtype = autocast_dtype(ckpt.get("precision", "32-true"))
     return module.eval(), data
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a Lightning precision string ("bf16-mixed" -> bfloat16; "32-true" -> None)."""
+    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)

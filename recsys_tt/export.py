@@ -79,7 +79,8 @@ def encode_users(module: TwoTowerModule, features: UserFeatures, split: LeaveOne
         for start in range(0, len(users), batch_size):
             chunk = np.asarray(users[start: start + batch_size])
             batch = features.batch(chunk, [split.history(u, stage) for u in chunk])
-            out.append(module.encode_users(batch, text).float().numpy())
+            with module.precision_context():
+                out.append(module.encode_users(batch, text).float().numpy())
     return np.concatenate(out) if out else np.zeros((0, module.model.dim), dtype=np.float32)
 
 
@@ -118,6 +119,7 @@ def export_model(checkpoint: str | Path, out: str | Path, factory: str = "Flat",
             "format_version": FORMAT_VERSION, "created_at": datetime.datetime.now(datetime.UTC).isoformat(),
             "dim": int(vectors.shape[1]), "metric": "inner_product", "normalized": True, "factory": factory,
             "search_params": search_params, "num_items": int(len(vectors)), "num_users": int(len(users)),
+            "precision": str(module.autocast_dtype or torch.float32).removeprefix("torch."),
             "backbone": module.model.config.backbone, "adapter_sha256": sha256_file(staging / "weights.pt"),
             "source_checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": sha256_file(checkpoint),
             "versions": _versions(), "build_seconds": round(seconds, 3),
@@ -204,6 +206,7 @@ class ExportFolder:
                              "after export. Re-export from the checkpoint.")
         module = build_module(self.meta["model_hparams"])
         load_trainable(module, torch.load(weights, map_location="cpu", weights_only=True), weights)
+        module.autocast_dtype = None if self.meta["precision"] == "float32" else getattr(torch, self.meta["precision"])
         if module.model.dim != self.meta["dim"]:
             raise ValueError(f"The model gives {module.model.dim}-d vectors but the index holds {self.meta['dim']}-d.")
         hp = self.meta["data_hparams"]

@@ -66,6 +66,7 @@ class TwoTowerModule(pl.LightningModule):
         self.item_tokens: dict[str, torch.Tensor] | None = None
         self.item_text_cache: torch.Tensor | None = None  # (N, D) detached catalog text vectors, refreshed in training
         self.catalog_text: torch.Tensor | None = None  # (N, D) text vectors during evaluation
+        self.autocast_dtype: torch.dtype | None = None  # outside a trainer: the precision it evaluated in
         self.catalog_vectors: torch.Tensor | None = None  # (N, D) item vectors during evaluation
 
     def setup(self, stage: str) -> None:
@@ -82,18 +83,25 @@ class TwoTowerModule(pl.LightningModule):
 
     # ----- encoding -----------------------------------------------------------------------------------
     def encode_catalog_text(self) -> torch.Tensor:
-        """(N, D) text vectors of every item (before id vectors), in eval mode and without gradients."""
+        """(N, D) text vectors of every item in ``item_tokens`` (before id vectors), in eval mode, no gradients."""
         was_training = self.training
         self.eval()
         chunks = []
-        # Hooks run outside Lightning's autocast; use the same precision as the steps (bf16 is ~5x faster on CPU).
-        precision = self.trainer.precision_plugin.forward_context() if self._trainer else contextlib.nullcontext()
-        with torch.no_grad(), precision:
-            for start in range(0, self.hparams.num_items, self.hparams.item_chunk_size):
-                items = torch.arange(start, min(start + self.hparams.item_chunk_size, self.hparams.num_items))
+        with torch.no_grad(), self.precision_context():
+            catalog = len(self.item_tokens["input_ids"])  # items added after training included
+            for start in range(0, catalog, self.hparams.item_chunk_size):
+                items = torch.arange(start, min(start + self.hparams.item_chunk_size, catalog))
                 chunks.append(self.model.encode_item_text(**self._item_tokens(items)))
         self.train(was_training)
         return torch.cat(chunks)
+
+    def precision_context(self):
+        """The autocast of training steps, also where Lightning does not apply it (hooks, export, serving)."""
+        if self._trainer is not None:
+            return self.trainer.precision_plugin.forward_context()
+        if self.autocast_dtype is not None:
+            return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return contextlib.nullcontext()
 
     def _item_tokens(self, items: torch.Tensor) -> dict[str, torch.Tensor]:
         tokens = trim({k: v[items.cpu()] for k, v in self.item_tokens.items()})
@@ -146,8 +154,8 @@ class TwoTowerModule(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self.catalog_text = self.encode_catalog_text()
         with torch.no_grad():
-            self.catalog_vectors = self.model.add_item_ids(self.catalog_text, torch.arange(self.hparams.num_items,
-                                                                                         device=self.device))
+            items = torch.arange(len(self.catalog_text), device=self.device)
+            self.catalog_vectors = self.model.add_item_ids(self.catalog_text, items)
 
     on_test_epoch_start = on_validation_epoch_start
 
@@ -188,6 +196,7 @@ class TwoTowerModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not is_base_weight(k)}
+        checkpoint["precision"] = str(self.trainer.precision)  # so exports encode exactly as evaluation did
         if self.item_text_cache is not None:
             checkpoint["item_text_cache"] = self.item_text_cache.cpu()
 

@@ -23,4 +23,4 @@ def main(export: str, items: str) -> None:
 
 
 if __name__ == "__main__":
-    auto_cli(main)
+    auto_cli(main, as_positional=False)

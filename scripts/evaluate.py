@@ -30,4 +30,4 @@ def main(recs: str, export: str, split: str = "test", k: list[int] | None = None
 
 
 if __name__ == "__main__":
-    auto_cli(main)
+    auto_cli(main, as_positional=False)

@@ -34,4 +34,4 @@ def main(checkpoint: str, out: str, factory: str = "Flat", search_params: str = 
 
 
 if __name__ == "__main__":
-    auto_cli(main)
+    auto_cli(main, as_positional=False)

@@ -22,4 +22,4 @@ def main(metrics: str, out: str = "curves.png", metric: str = "ndcg@10") -> None
 
 
 if __name__ == "__main__":
-    auto_cli(main)
+    auto_cli(main, as_positional=False)

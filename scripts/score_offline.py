@@ -30,4 +30,4 @@ def main(export: str, out: str, k: int = 100, split: str = "test", user_ids: lis
 
 
 if __name__ == "__main__":
-    auto_cli(main)
+    auto_cli(main, as_positional=False)

@@ -138,3 +138,14 @@ def test_added_items_match_a_fresh_encoding_and_can_be_retrieved(flat_export, tm
         with pytest.raises(DataError, match="item_id"):
             add_items(folder, new)
     assert ExportFolder.load(folder).meta["num_items"] == 14  # the failed additions changed nothing
+
+
+def test_bf16_training_metrics_are_reproduced_offline(tmp_path, tiny_bert):
+    paths = write_tiny_dataset(tmp_path / "data")
+    cli = main(_args(tmp_path, paths, tiny_bert, 3, "--model.eval_ks", "[3,5]", "--trainer.precision", "bf16-mixed"))
+    folder = export_model(tmp_path / "ml100k_minilm/version_0/checkpoints/last.ckpt", tmp_path / "export")
+    assert json.loads((folder / "meta.json").read_text())["precision"] == "bfloat16"
+    score_users(folder, tmp_path / "recs.parquet", k=7)
+    metrics = evaluate_recommendations(tmp_path / "recs.parquet", folder, "test", (3, 5))
+    for name in ("ndcg@3", "ndcg@5", "mrr@5"):
+        assert metrics[name] == pytest.approx(float(cli.trainer.callback_metrics[f"test/{name}"]), abs=1e-4), name
