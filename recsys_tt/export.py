@@ -21,6 +21,7 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import metadata
@@ -71,17 +72,21 @@ def catalog_vectors(module: TwoTowerModule) -> tuple[np.ndarray, np.ndarray]:
     return text.float().numpy(), items.float().numpy()
 
 
+def encode_user_batches(module: TwoTowerModule, batches: Iterable[dict], text_vectors: np.ndarray) -> np.ndarray:
+    """(U, D) user vectors from user-tower input batches; history items' text vectors from ``text_vectors``."""
+    text, out = torch.from_numpy(text_vectors), []
+    with torch.no_grad(), module.precision_context():
+        for batch in batches:
+            out.append(module.encode_users(batch, text).float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, module.model.dim), dtype=np.float32)
+
+
 def encode_users(module: TwoTowerModule, features: UserFeatures, split: LeaveOneOut, users: np.ndarray, stage: str,
                  text_vectors: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """(U, D) vectors of dataset users (indices) with the history that precedes their ``stage`` target."""
-    text, out = torch.from_numpy(text_vectors), []
-    with torch.no_grad():
-        for start in range(0, len(users), batch_size):
-            chunk = np.asarray(users[start: start + batch_size])
-            batch = features.batch(chunk, [split.history(u, stage) for u in chunk])
-            with module.precision_context():
-                out.append(module.encode_users(batch, text).float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, module.model.dim), dtype=np.float32)
+    chunks = (np.asarray(users[i: i + batch_size]) for i in range(0, len(users), batch_size))
+    batches = (features.batch(c, [split.history(u, stage) for u in c]) for c in chunks)
+    return encode_user_batches(module, batches, text_vectors)
 
 
 def _tables(data: RecDataModule) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -230,3 +235,9 @@ class ExportFolder:
     def user_vectors(self, users: np.ndarray, stage: str, batch_size: int = 256) -> np.ndarray:
         """(U, D) vectors of dataset users (indices) with the history that precedes their ``stage`` target."""
         return encode_users(self.module, self.user_features, self.split, users, stage, self.text_vectors, batch_size)
+
+    def new_user_vectors(self, profiles: list[str], histories: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
+        """(U, D) vectors of users known only by free text and/or recent item rows (cold start)."""
+        batches = (self.user_features.batch_from_text(profiles[i: i + batch_size], histories[i: i + batch_size])
+                   for i in range(0, len(profiles), batch_size))
+        return encode_user_batches(self.module, batches, self.text_vectors)

@@ -18,10 +18,12 @@ def search_excluding(index, queries: np.ndarray, k: int,
         raise ValueError(f"k must be in 1..{total} (the catalog size), got {k}.")
     depth = min(total, k + max((len(e) for e in exclude), default=0))
     scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
-    out_rows = np.full((len(queries), k), -1, dtype=np.int64)
-    out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    for q, (found, found_scores) in enumerate(zip(rows, scores)):
-        keep = (found >= 0) & ~np.isin(found, exclude[q])
-        out_rows[q, : min(k, keep.sum())] = found[keep][:k]
-        out_scores[q, : min(k, keep.sum())] = found_scores[keep][:k]
+    # Vectorised membership test: encode (query, row) pairs as single integers on both sides.
+    offsets = np.arange(len(queries), dtype=np.int64) * (total + 1)
+    banned = np.concatenate([np.asarray(e, dtype=np.int64) + o for e, o in zip(exclude, offsets)] or [[]])
+    keep = (rows >= 0) & ~np.isin(rows + offsets[:, None], banned)
+    first = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept results first, in score order
+    kept = np.take_along_axis(keep, first, 1)
+    out_rows = np.where(kept, np.take_along_axis(rows, first, 1), -1)
+    out_scores = np.where(kept, np.take_along_axis(scores, first, 1), -np.inf).astype(np.float32)
     return out_rows, out_scores

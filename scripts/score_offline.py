@@ -1,6 +1,7 @@
 """Top-K recommendations for dataset users from an export folder, to Parquet (user_id, item_id, rank, score).
 
     python scripts/score_offline.py --export exports/ml100k --out recs.parquet --k 100 --split test
+    python scripts/score_offline.py --export exports/ml100k --out new.parquet --users new_users.jsonl
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from jsonargparse import auto_cli
 from recsys_tt.scoring import score_users
 
 
-def main(export: str, out: str, k: int = 100, split: str = "test", user_ids: list[str] | None = None,
-         batch_size: int = 512) -> None:
+def main(export: str, out: str, k: int = 100, split: str = "test", users: str | None = None,
+         user_ids: list[str] | None = None, batch_size: int = 512) -> None:
     """Score users and write their top-K, seen items excluded, rank 1 = best.
 
     Args:
@@ -22,10 +23,12 @@ def main(export: str, out: str, k: int = 100, split: str = "test", user_ids: lis
         k: items per user (at most the catalog size).
         split: "test" scores each user with the history before their test item (train + validation);
             "valid" with the training history only.
-        user_ids: only these users (default: all); unknown ids are reported and skipped.
+        users: JSONL (or CSV/Parquet) of new users, each with user_id and text and/or recent_item_ids (oldest
+            first), scored instead of the dataset's users (cold start; unknown item ids are reported, dropped).
+        user_ids: only these dataset users (default: all); unknown ids are reported and skipped.
         batch_size: users encoded and searched at once.
     """
-    report = score_users(export, out, k, split, user_ids, batch_size)
+    report = score_users(export, out, k, split, user_ids, users, batch_size)
     print(json.dumps(report))
 
 

@@ -149,3 +149,19 @@ def test_bf16_training_metrics_are_reproduced_offline(tmp_path, tiny_bert):
     metrics = evaluate_recommendations(tmp_path / "recs.parquet", folder, "test", (3, 5))
     for name in ("ndcg@3", "ndcg@5", "mrr@5"):
         assert metrics[name] == pytest.approx(float(cli.trainer.callback_metrics[f"test/{name}"]), abs=1e-4), name
+
+
+def test_new_users_known_only_by_text_or_recent_items_are_scored(flat_export, tmp_path):
+    from recsys_tt.data import DataError
+
+    users = tmp_path / "new.jsonl"
+    pd.DataFrame({"user_id": ["a", "b", "c"], "text": ["A 30 year old writer.", None, "Likes comedies"],
+                  "recent_item_ids": [[], ["i1", "i2", "ghost"], ["i3"]]}).to_json(users, orient="records", lines=True)
+    report = score_users(flat_export, tmp_path / "new.parquet", k=4, users_file=users)
+    assert report["users"] == 3 and report["unknown_recent_items"] == 1
+    recs = pd.read_parquet(tmp_path / "new.parquet")
+    assert len(recs) == 12 and not {"i1", "i2"} & set(recs[recs["user_id"] == "b"]["item_id"])
+    pd.DataFrame({"user_id": ["d"], "text": [""], "recent_item_ids": [["ghost"]]}).to_json(
+        users, orient="records", lines=True)
+    with pytest.raises(DataError, match="no text and no known recent item"):
+        score_users(flat_export, tmp_path / "new.parquet", k=4, users_file=users)
