@@ -165,3 +165,17 @@ def test_new_users_known_only_by_text_or_recent_items_are_scored(flat_export, tm
         users, orient="records", lines=True)
     with pytest.raises(DataError, match="no text and no known recent item"):
         score_users(flat_export, tmp_path / "new.parquet", k=4, users_file=users)
+
+
+def test_checkpoint_of_another_backbone_is_refused(trained, tiny_llama, tmp_path):
+    from recsys_tt.checkpoints import load_checkpoint
+
+    ckpt = torch.load(trained[0], weights_only=True)
+    ckpt["hyper_parameters"]["tower"]["backbone"] = tiny_llama  # weights trained on the BERT backbone
+    ckpt["datamodule_hyper_parameters"]["backbone"] = tiny_llama
+    torch.save(ckpt, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="does not (fit|match) .*backbone"):
+        load_checkpoint(tmp_path / "other.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "junk.ckpt")
+    with pytest.raises(ValueError, match="not a recsys_tt training checkpoint"):
+        load_checkpoint(tmp_path / "junk.ckpt")

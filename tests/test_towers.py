@@ -116,9 +116,10 @@ def test_nonsense_tower_settings_are_refused(bad):
         TowerConfig(**bad)
 
 
+@pytest.mark.parametrize("backbone", ["tiny_bert", "tiny_llama"])
 @pytest.mark.parametrize("pooling", ["mean", "last"])
-def test_history_positions_never_see_later_items(tiny_bert, pooling):
-    tower = _tower(tiny_bert, user_input="item_vectors", pooling=pooling)
+def test_history_positions_never_see_later_items(request, backbone, pooling):
+    tower = _tower(request.getfixturevalue(backbone), user_input="item_vectors", pooling=pooling)
     tower.eval()
     prefix = torch.tensor([[101, 2000, 102]])
     history = torch.nn.functional.normalize(torch.randn(1, 5, 32), dim=-1)
