@@ -74,10 +74,11 @@ def catalog_vectors(module: TwoTowerModule) -> tuple[np.ndarray, np.ndarray]:
 
 def encode_user_batches(module: TwoTowerModule, batches: Iterable[dict], text_vectors: np.ndarray) -> np.ndarray:
     """(U, D) user vectors from user-tower input batches; history items' text vectors from ``text_vectors``."""
-    text, out = torch.from_numpy(text_vectors), []
+    text, out = torch.from_numpy(text_vectors).to(module.device), []
     with torch.no_grad(), module.precision_context():
         for batch in batches:
-            out.append(module.encode_users(batch, text).float().numpy())
+            batch = {name: values.to(module.device) for name, values in batch.items()}
+            out.append(module.encode_users(batch, text).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, module.model.dim), dtype=np.float32)
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytorch_lightning as pl
 import torch
-from tqdm.auto import tqdm
+from pytorch_lightning.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader
 
 from recsys_tt.data import DataError, read_table, require_columns
 from recsys_tt.export import ExportFolder
@@ -17,6 +20,7 @@ from recsys_tt.retrieval import search_excluding
 
 log = logging.getLogger(__name__)
 _STAGES = ("test", "valid")
+_COLUMNS = ["user_id", "item_id", "rank", "score"]
 
 
 def _check_stage(split: str) -> None:
@@ -56,54 +60,112 @@ def read_new_users(path: str | Path, export: ExportFolder) -> tuple[list[str], l
     return frame["user_id"].astype(str).tolist(), texts, histories, unknown
 
 
-def _dataset_queries(export: ExportFolder, user_ids: list[str] | None, split: str, batch_size: int, report: dict):
+@dataclass
+class ScoringRequest:
+    """Who to score: dataset users (indices, with their ``split`` history) or new users (text + recent items)."""
+
+    ids: np.ndarray  # (U,) user ids written to the output
+    histories: list[np.ndarray]  # (U,) item rows each user has seen (excluded from results)
+    users: np.ndarray | None = None  # (U,) dataset user indices, or None for new users
+    profiles: list[str] | None = None  # (U,) free text of new users
+    split: str = "test"
+
+    def vectors(self, export: ExportFolder, positions: np.ndarray) -> np.ndarray:
+        if self.users is not None:
+            return export.user_vectors(self.users[positions], self.split)
+        return export.new_user_vectors([self.profiles[p] for p in positions], [self.histories[p] for p in positions])
+
+
+def dataset_request(export: ExportFolder, user_ids: list[str] | None, split: str) -> tuple[ScoringRequest, dict]:
     users, unknown = select_users(export, user_ids)
     if unknown:
         log.warning("%d unknown user ids skipped, e.g. %s", len(unknown), unknown[:5])
-    report.update(users=int(len(users)), unknown_users=len(unknown))
-    ids = export.users["user_id"].to_numpy()
-    for start in tqdm(range(0, len(users), batch_size), desc="scoring users", unit="batch"):
-        chunk = users[start: start + batch_size]
-        yield ids[chunk], export.user_vectors(chunk, split), [export.split.history(u, split) for u in chunk]
+    request = ScoringRequest(export.users["user_id"].to_numpy()[users],
+                             [export.split.history(u, split) for u in users], users=users, split=split)
+    return request, {"users": int(len(users)), "unknown_users": len(unknown)}
 
 
-def _new_user_queries(export: ExportFolder, path: str | Path, batch_size: int, report: dict):
+def new_user_request(export: ExportFolder, path: str | Path) -> tuple[ScoringRequest, dict]:
     ids, texts, histories, unknown_items = read_new_users(path, export)
-    report.update(users=len(ids), unknown_recent_items=unknown_items)
-    for start in tqdm(range(0, len(ids), batch_size), desc="scoring new users", unit="batch"):
-        part = slice(start, start + batch_size)
-        yield np.asarray(ids[part]), export.new_user_vectors(texts[part], histories[part]), histories[part]
+    return (ScoringRequest(np.asarray(ids), histories, profiles=texts),
+            {"users": len(ids), "unknown_recent_items": unknown_items})
+
+
+class UserScorer(pl.LightningModule):
+    """Lightning predict job: user positions -> user vectors -> FAISS top-k with seen items excluded."""
+
+    def __init__(self, export: ExportFolder, request: ScoringRequest, k: int) -> None:
+        super().__init__()
+        self.export, self.request, self.k = export, request, k
+        self.tower = export.module  # a submodule, so the strategy moves it to this rank's device
+
+    def predict_step(self, positions: torch.Tensor) -> pd.DataFrame:
+        positions = positions.cpu().numpy()
+        vectors = self.request.vectors(self.export, positions)
+        rows, scores = search_excluding(self.export.index, vectors, self.k,
+                                        [self.request.histories[p] for p in positions])
+        valid = rows >= 0
+        return pd.DataFrame({"user_id": np.repeat(self.request.ids[positions], self.k)[valid.ravel()],
+                             "item_id": self.export.items["item_id"].to_numpy()[rows[valid]],
+                             "rank": np.tile(np.arange(1, self.k + 1), len(positions))[valid.ravel()],
+                             "score": scores[valid]})
+
+
+class ShardWriter(BasePredictionWriter):
+    """Each rank writes its recommendations to ``<out>.shard-<rank>.parquet`` when its predictions end."""
+
+    def __init__(self, out: Path) -> None:
+        super().__init__(write_interval="batch")
+        self.out, self.frames = out, []
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        self.frames.append(prediction)
+
+    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        frame = pd.concat(self.frames, ignore_index=True) if self.frames else pd.DataFrame(columns=_COLUMNS)
+        frame.to_parquet(shard_path(self.out, trainer.global_rank), index=False)
+
+
+def shard_path(out: Path, rank: int) -> Path:
+    return out.with_name(f"{out.name}.shard-{rank}.parquet")
+
+
+def merge_shards(out: Path, world_size: int) -> int:
+    """Concatenates rank shards into ``out`` (atomically), dropping rows the distributed sampler repeated."""
+    shards = [shard_path(out, r) for r in range(world_size)]
+    recs = pd.concat([pd.read_parquet(s) for s in shards], ignore_index=True)
+    recs = recs.drop_duplicates(["user_id", "rank"]).reset_index(drop=True)
+    tmp = out.with_name(f"{out.name}.partial")
+    recs.to_parquet(tmp, index=False)
+    tmp.replace(out)  # a crash never leaves a truncated file under the final name
+    for shard in shards:
+        shard.unlink()
+    return len(recs)
 
 
 def score_users(export_dir: str | Path, out: str | Path, k: int = 100, split: str = "test",
-                user_ids: list[str] | None = None, users_file: str | Path | None = None,
-                batch_size: int = 512) -> dict:
-    """Writes each user's top-k (seen items excluded) to Parquet; returns a small report.
+                user_ids: list[str] | None = None, users_file: str | Path | None = None, batch_size: int = 512,
+                accelerator: str = "cpu", devices: int | str = 1, strategy: str = "auto", num_nodes: int = 1) -> dict:
+    """Writes each user's top-k (seen items excluded) to Parquet through a Lightning predict job.
 
     Users are the dataset's (with the history before their ``split`` target), or new users from ``users_file``.
+    Under DDP every rank scores its share of users into its own shard; rank 0 merges them into ``out``.
     """
     _check_stage(split)
     export = ExportFolder.load(export_dir)
     if not 0 < k <= export.meta["num_items"]:
         raise ValueError(f"k must be in 1..{export.meta['num_items']} (the catalog size), got {k}.")
-    report: dict = {"out": str(out)}
-    queries = (_new_user_queries(export, users_file, batch_size, report) if users_file
-               else _dataset_queries(export, user_ids, split, batch_size, report))
-    item_ids, frames = export.items["item_id"].to_numpy(), []
-    for ids, vectors, seen in queries:
-        rows, scores = search_excluding(export.index, vectors, k, seen)
-        valid = rows >= 0
-        frames.append(pd.DataFrame({"user_id": np.repeat(ids, k)[valid.ravel()], "item_id": item_ids[rows[valid]],
-                                    "rank": np.tile(np.arange(1, k + 1), len(ids))[valid.ravel()],
-                                    "score": scores[valid]}))
-    columns = ["user_id", "item_id", "rank", "score"]
-    recs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(out).with_suffix(".parquet.partial")
-    recs.to_parquet(tmp, index=False)
-    tmp.replace(out)  # a crash never leaves a truncated file under the final name
-    report["rows"] = int(len(recs))
-    return report
+    request, report = new_user_request(export, users_file) if users_file else dataset_request(export, user_ids, split)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
+                         logger=False, enable_checkpointing=False, callbacks=[ShardWriter(out)])
+    loader = DataLoader(torch.arange(len(request.ids)), batch_size=batch_size)
+    trainer.predict(UserScorer(export, request, k), loader, return_predictions=False)
+    trainer.strategy.barrier()
+    if trainer.is_global_zero:
+        report["rows"] = merge_shards(out, trainer.world_size)
+    return {"out": str(out), **report}
 
 
 def evaluate_recommendations(recs_path: str | Path, export_dir: str | Path, split: str = "test",

@@ -179,3 +179,21 @@ def test_checkpoint_of_another_backbone_is_refused(trained, tiny_llama, tmp_path
     torch.save({"state_dict": {}}, tmp_path / "junk.ckpt")
     with pytest.raises(ValueError, match="not a recsys_tt training checkpoint"):
         load_checkpoint(tmp_path / "junk.ckpt")
+
+
+def test_two_process_ddp_scoring_merges_shards_into_the_single_process_result(flat_export, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "score_offline.py"
+    command = [sys.executable, str(script), "--export", str(flat_export), "--out", str(tmp_path / "ddp.parquet"),
+               "--k", "5", "--batch_size", "3", "--devices", "2", "--strategy", "ddp"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    score_users(flat_export, tmp_path / "one.parquet", k=5, batch_size=3)
+    ddp, one = (pd.read_parquet(tmp_path / f"{n}.parquet").sort_values(["user_id", "rank"]).reset_index(drop=True)
+                for n in ("ddp", "one"))
+    assert ddp[["user_id", "item_id", "rank"]].equals(one[["user_id", "item_id", "rank"]])
+    assert np.allclose(ddp["score"], one["score"], atol=1e-5)
+    assert not list(tmp_path.glob("*.shard-*"))  # shards merged and removed
