@@ -216,9 +216,12 @@ class ExportFolder:
         if module.model.dim != self.meta["dim"]:
             raise ValueError(f"The model gives {module.model.dim}-d vectors but the index holds {self.meta['dim']}-d.")
         hp = self.meta["data_hparams"]
-        module.item_tokens = tokenize_table(load_tokenizer(hp["backbone"]), self.items["text"].tolist(),
-                                            hp["max_item_tokens"])
+        module.item_tokens = tokenize_table(self.tokenizer, self.items["text"].tolist(), hp["max_item_tokens"])
         return module.eval()
+
+    @cached_property
+    def tokenizer(self):
+        return load_tokenizer(self.meta["data_hparams"]["backbone"])
 
     @cached_property
     def split(self) -> LeaveOneOut:
@@ -230,7 +233,7 @@ class ExportFolder:
         hp = self.meta["data_hparams"]
         return UserFeatures.build(hp["user_input"], self.users["profile"].tolist(),
                                   self.items["history_name"].tolist(), TextTemplates(**hp["templates"]),
-                                  load_tokenizer(hp["backbone"]), hp["history_len"], hp["max_user_tokens"],
+                                  self.tokenizer, hp["history_len"], hp["max_user_tokens"],
                                   hp["max_profile_tokens"])
 
     def user_vectors(self, users: np.ndarray, stage: str, batch_size: int = 256) -> np.ndarray:
