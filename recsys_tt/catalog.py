@@ -13,8 +13,7 @@ import torch
 
 from recsys_tt.data import DataError, read_table, require_columns
 from recsys_tt.export import ExportFolder, swap_into_place
-from recsys_tt.text import TextTemplates, render_table, tokenize_table
-from recsys_tt.towers import load_tokenizer
+from recsys_tt.text import render_table, tokenize_table
 
 
 def _new_items(path: str | Path, existing: pd.Series) -> pd.DataFrame:
@@ -34,12 +33,10 @@ def add_items(export_dir: str | Path, items_file: str | Path) -> dict:
     """Encodes new items with the export's item tower (text only: they have no trained id vector) and appends
     them to the index, vectors and tables, replacing the folder atomically."""
     export = ExportFolder.load(export_dir)
-    hp = export.meta["data_hparams"]
-    templates = TextTemplates(**hp["templates"])
     new = _new_items(items_file, export.items["item_id"])
-    texts = render_table(templates.item, new, "item")
-    names = render_table(templates.history_item, new, "item")
-    tokens = tokenize_table(load_tokenizer(hp["backbone"]), texts, hp["max_item_tokens"])
+    texts = render_table(export.templates.item, new, "item")
+    names = render_table(export.templates.history_item, new, "item")
+    tokens = tokenize_table(export.tokenizer, texts, export.meta["data_hparams"]["max_item_tokens"])
     rows = torch.arange(len(export.items), len(export.items) + len(new))
     with torch.no_grad():
         text = export.module.model.encode_item_text(**tokens)

@@ -93,7 +93,7 @@ class RecDataModule(pl.LightningDataModule):
     def num_items(self) -> int:
         return self.data.num_items
 
-    @property
+    @functools.cached_property
     def item_counts(self) -> torch.Tensor:
         return torch.as_tensor(self.split.item_counts(self.num_items))
 
@@ -146,8 +146,8 @@ class RecDataModule(pl.LightningDataModule):
         """Users -> user inputs with the history before the ``stage`` target, the target and items to exclude."""
         users = np.asarray(users)
         histories = [self.split.history(u, stage) for u in users]
-        return {**self.user_features.batch(users, histories), "users": torch.as_tensor(users),
-                "target": torch.as_tensor(self.split.targets(stage)[users]), "exclude": pad_rows(histories)}
+        return {**self.user_features.batch(users, histories), "exclude": pad_rows(histories),
+                "target": torch.as_tensor(self.split.targets(stage)[users])}
 
     def train_dataloader(self) -> StepBatches:
         trainer, hp = self.trainer, self.hparams

@@ -16,7 +16,6 @@ It is written to a temporary sibling folder and renamed into place, so a crash n
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import shutil
@@ -37,20 +36,13 @@ from recsys_tt.data import LeaveOneOut
 from recsys_tt.datamodule import RecDataModule
 from recsys_tt.index import build_index, recall_against_exact
 from recsys_tt.module import TwoTowerModule
+from recsys_tt.movielens import sha256_file
 from recsys_tt.text import TextTemplates, tokenize_table
 from recsys_tt.towers import is_base_weight, load_tokenizer
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 FILES = ("meta.json", "index.faiss", "vectors.npy", "text_vectors.npy", "items.parquet", "users.parquet", "weights.pt")
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -224,6 +216,15 @@ class ExportFolder:
         return load_tokenizer(self.meta["data_hparams"]["backbone"])
 
     @cached_property
+    def templates(self) -> TextTemplates:
+        return TextTemplates(**self.meta["data_hparams"]["templates"])
+
+    @cached_property
+    def item_rows(self) -> dict[str, int]:
+        """Original item id -> row of the index, vectors and items table."""
+        return {item: i for i, item in enumerate(self.items["item_id"].astype(str))}
+
+    @cached_property
     def split(self) -> LeaveOneOut:
         return LeaveOneOut([np.asarray(t, dtype=np.int64) for t in self.users["train_items"]],
                            self.users["valid_item"].to_numpy(), self.users["test_item"].to_numpy())
@@ -232,7 +233,7 @@ class ExportFolder:
     def user_features(self) -> UserFeatures:
         hp = self.meta["data_hparams"]
         return UserFeatures.build(hp["user_input"], self.users["profile"].tolist(),
-                                  self.items["history_name"].tolist(), TextTemplates(**hp["templates"]),
+                                  self.items["history_name"].tolist(), self.templates,
                                   self.tokenizer, hp["history_len"], hp["max_user_tokens"],
                                   hp["max_profile_tokens"])
 

@@ -115,7 +115,7 @@ class TwoTowerModule(pl.LightningModule):
         """
         fresh = self.hparams.fresh_items
         if fresh is None or self.item_text_cache is None or fresh >= len(items):
-            return self.model.add_item_ids(self.model.encode_item_text(**self._item_tokens(items)), items)
+            return self.model.encode_items(**self._item_tokens(items), items=items)
         order = torch.randperm(len(items), device=items.device)
         encoded = self.model.encode_item_text(**self._item_tokens(items[order[:fresh]]))
         text = torch.cat([encoded, self.item_text_cache[items[order[fresh:]]].to(encoded.dtype)])

@@ -51,8 +51,12 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("RECSYS_TT_CACHE", Path.home() / ".cache" / "recsys_tt"))
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def ensure_movielens_100k(cache_dir: str | Path | None = None, source: Source = "auto") -> Path:
@@ -66,7 +70,7 @@ def ensure_movielens_100k(cache_dir: str | Path | None = None, source: Source = 
         staging = Path(tmp) / "ml-100k"
         staging.mkdir()
         origin = _fetch(staging, source)
-        checksums = {name: sha256(staging / name) for name in CANONICAL_FILES}
+        checksums = {name: sha256_file(staging / name) for name in CANONICAL_FILES}
         (staging / "SOURCE.json").write_text(json.dumps({"origin": origin, "sha256": checksums}, indent=2))
         try:  # rename is atomic: a crash leaves no half folder that looks valid
             staging.rename(target)
@@ -80,7 +84,7 @@ def ensure_movielens_100k(cache_dir: str | Path | None = None, source: Source = 
 def _verify(folder: Path) -> None:
     recorded = json.loads((folder / "SOURCE.json").read_text())["sha256"]
     for name, digest in recorded.items():
-        if not (folder / name).exists() or sha256(folder / name) != digest:
+        if not (folder / name).exists() or sha256_file(folder / name) != digest:
             raise RuntimeError(
                 f"{folder / name} is missing or does not match the checksum recorded when it was downloaded; "
                 f"delete {folder} to fetch MovieLens-100K again."

@@ -46,7 +46,7 @@ def read_new_users(path: str | Path, export: ExportFolder) -> tuple[list[str], l
     require_columns(frame, ["user_id"], path)
     if not {"text", "recent_item_ids"} & set(frame.columns):
         raise DataError(f"{path} needs a text or a recent_item_ids column to describe each user.")
-    rows = {item: i for i, item in enumerate(export.items["item_id"].astype(str))}
+    rows = export.item_rows
     texts = frame["text"].fillna("").astype(str).tolist() if "text" in frame else [""] * len(frame)
     recent = frame["recent_item_ids"].tolist() if "recent_item_ids" in frame else [[]] * len(frame)
     histories, unknown = [], 0
@@ -177,8 +177,7 @@ def evaluate_recommendations(recs_path: str | Path, export_dir: str | Path, spli
     missing = {"user_id", "item_id", "rank"} - set(recs.columns)
     if missing:
         raise ValueError(f"{recs_path} lacks column(s) {sorted(missing)}; write it with scripts/score_offline.py.")
-    rows = {item: i for i, item in enumerate(export.items["item_id"].astype(str))}
-    recs = recs.assign(user_id=recs["user_id"].astype(str), row=recs["item_id"].astype(str).map(rows))
+    recs = recs.assign(user_id=recs["user_id"].astype(str), row=recs["item_id"].astype(str).map(export.item_rows))
     if recs["row"].isna().any():
         raise ValueError(f"{recs_path} recommends item ids the export does not hold, e.g. "
                          f"{recs.loc[recs['row'].isna(), 'item_id'].iloc[0]!r}; was it scored from another export?")
