@@ -158,8 +158,10 @@ def score_users(export_dir: str | Path, out: str | Path, k: int = 100, split: st
     request, report = new_user_request(export, users_file) if users_file else dataset_request(export, user_ids, split)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # The tower runs under this trainer's autocast: use the precision its evaluation (and the export) used.
+    precision = {"bfloat16": "bf16-mixed", "float16": "16-mixed"}.get(export.meta["precision"], "32-true")
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
-                         logger=False, enable_checkpointing=False, callbacks=[ShardWriter(out)])
+                         precision=precision, logger=False, enable_checkpointing=False, callbacks=[ShardWriter(out)])
     loader = DataLoader(torch.arange(len(request.ids)), batch_size=batch_size)
     trainer.predict(UserScorer(export, request, k), loader, return_predictions=False)
     trainer.strategy.barrier()
