@@ -65,6 +65,16 @@ def load_checkpoint(path: str | Path) -> tuple[TwoTowerModule, RecDataModule]:
     return module.eval(), data
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """"auto" -> the first CUDA device when there is one, else the CPU; any other name as torch spells it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but no CUDA device is visible; use 'cpu' or 'auto'.")
+    return device
+
+
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a Lightning precision string ("bf16-mixed" -> bfloat16; "32-true" -> None)."""
     return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from recsys_tt.batches import UserFeatures
-from recsys_tt.checkpoints import build_module, load_checkpoint, load_trainable
+from recsys_tt.checkpoints import build_module, load_checkpoint, load_trainable, pick_device
 from recsys_tt.data import LeaveOneOut
 from recsys_tt.datamodule import RecDataModule
 from recsys_tt.index import build_index, recall_against_exact
@@ -60,8 +60,8 @@ def catalog_vectors(module: TwoTowerModule) -> tuple[np.ndarray, np.ndarray]:
     """(text vectors, item vectors) of the whole catalog as float32 arrays."""
     text = module.encode_catalog_text()
     with torch.no_grad():
-        items = module.model.add_item_ids(text, torch.arange(len(text)))
-    return text.float().numpy(), items.float().numpy()
+        items = module.model.add_item_ids(text, torch.arange(len(text), device=text.device))
+    return text.float().cpu().numpy(), items.float().cpu().numpy()
 
 
 def encode_user_batches(module: TwoTowerModule, batches: Iterable[dict], text_vectors: np.ndarray) -> np.ndarray:
@@ -93,13 +93,14 @@ def _tables(data: RecDataModule) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def export_model(checkpoint: str | Path, out: str | Path, factory: str = "Flat", search_params: str = "",
-                 report_users: int = 500, overwrite: bool = False) -> Path:
+                 report_users: int = 500, overwrite: bool = False, device: str = "auto") -> Path:
     """Encodes the catalog with a checkpoint's towers and writes a complete export folder (atomically)."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite true to replace it (the old folder stays until "
                               "the new one is complete).")
     module, data = load_checkpoint(checkpoint)
+    module.to(pick_device(device))
     text, vectors = catalog_vectors(module)
     index, seconds = build_index(vectors, factory, search_params)
     items, users = _tables(data)
@@ -137,7 +138,7 @@ def _write(folder: Path, index, text, vectors, items, users, module: TwoTowerMod
     np.save(folder / "text_vectors.npy", text)
     items.to_parquet(folder / "items.parquet", index=False)
     users.to_parquet(folder / "users.parquet", index=False)
-    weights = {k: v for k, v in module.state_dict().items() if not is_base_weight(k)}
+    weights = {k: v.cpu() for k, v in module.state_dict().items() if not is_base_weight(k)}
     torch.save(weights, folder / "weights.pt")
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def _faiss():
@@ -27,12 +30,26 @@ def build_index(vectors: np.ndarray, factory: str = "Flat", search_params: str =
         index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:
         raise ValueError(f"FAISS cannot build {factory!r} for dimension {vectors.shape[1]}: {err}") from err
-    if not index.is_trained:
-        index.train(vectors)
-    index.add(vectors)
+    building = _to_gpu(faiss, index)
+    if not building.is_trained:
+        building.train(vectors)
+    building.add(vectors)
+    if building is not index:
+        index = faiss.index_gpu_to_cpu(building)  # the saved file is the same as a CPU build's
     if search_params:
         faiss.ParameterSpace().set_index_parameters(index, search_params)
     return index, time.perf_counter() - started
+
+
+def _to_gpu(faiss, index):
+    """A GPU copy of ``index`` to train and fill when faiss-gpu and a GPU are present, else ``index`` itself."""
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
+        return index
+    try:
+        return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    except RuntimeError as err:  # e.g. HNSW has no GPU version
+        log.info("FAISS builds this index on the CPU (no GPU version: %s)", str(err).splitlines()[0])
+        return index
 
 
 def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:

@@ -46,5 +46,8 @@ class PlotCurves(pl.Callback):
         if logger is None or not hasattr(logger, "experiment") or not hasattr(logger.experiment, "metrics_file_path"):
             return
         logger.save()
+        if not Path(logger.experiment.metrics_file_path).exists():  # a run shorter than log_every_n_steps
+            log.info("No metrics were logged, so no curves are plotted.")
+            return
         path = plot_curves(logger.experiment.metrics_file_path, Path(logger.log_dir) / "curves.png")
         log.info("Training curves written to %s", path)

@@ -22,6 +22,8 @@ import pytorch_lightning as pl
 import torch
 from jsonargparse import auto_cli
 
+from recsys_tt.step_timer import StepTimer
+
 MODES = ("sentence-transformers", "recsys_tt text", "recsys_tt item-vector")
 
 
@@ -85,23 +87,7 @@ def _recsys_tt(user_input: str, batch_size: int, steps: int, warmup: int) -> flo
                          enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
                          enable_model_summary=False, callbacks=[timer])
     trainer.fit(module, datamodule=data)
-    return timer.targets / timer.seconds
-
-
-class StepTimer(pl.Callback):
-    """Counts training targets and seconds after the warm-up steps."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.targets, self.seconds, self.started = warmup, 0, 0.0, None
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup:
-            self.started = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if self.started is not None:
-            self.targets += int((batch["positive"] >= 0).sum())
-            self.seconds = time.perf_counter() - self.started
+    return timer.report()["targets_per_s"]
 
 
 def _run(mode: str, batch_size: int, steps: int, warmup: int, queue) -> None:

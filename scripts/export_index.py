@@ -15,7 +15,7 @@ from recsys_tt.export import export_model
 
 
 def main(checkpoint: str, out: str, factory: str = "Flat", search_params: str = "", report_users: int = 500,
-         overwrite: bool = False) -> None:
+         overwrite: bool = False, device: str = "auto") -> None:
     """Encode the catalog with a checkpoint's towers and write index, vectors, id maps, weights and meta.json.
 
     Args:
@@ -25,9 +25,10 @@ def main(checkpoint: str, out: str, factory: str = "Flat", search_params: str = 
         search_params: FAISS search parameters stored with the index, e.g. "nprobe=16" or "efSearch=64".
         report_users: users whose top-10 from the index is compared with exact search in meta.json.
         overwrite: replace an existing folder (only once the new one is complete).
+        device: where the towers encode the catalog: "auto" (a GPU when there is one), "cpu", "cuda:1", ...
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    folder = export_model(checkpoint, out, factory, search_params, report_users, overwrite)
+    folder = export_model(checkpoint, out, factory, search_params, report_users, overwrite, device)
     meta = json.loads((folder / "meta.json").read_text())
     print(json.dumps({"export": str(folder), "items": meta["num_items"], "dim": meta["dim"], "factory": factory,
                       "build_seconds": meta["build_seconds"], "ann_recall_at_10": meta["ann_recall_at_10"]["value"]}))

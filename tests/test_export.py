@@ -83,6 +83,21 @@ def test_approximate_indexes_build_and_are_measured(factory, params):
     assert exact_top_k(vectors[:3], vectors, 1)[:, 0].tolist() == [0, 1, 2]
 
 
+def test_gpu_faiss_builds_on_the_gpu_and_saves_a_cpu_index(monkeypatch):
+    """With faiss-gpu and a GPU (stood in for here), training and adding run on the GPU copy."""
+    import faiss
+
+    calls = []
+    monkeypatch.setattr(faiss, "StandardGpuResources", lambda: "resources", raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu",
+                        lambda res, dev, index: calls.append("to_gpu") or faiss.clone_index(index), raising=False)
+    monkeypatch.setattr(faiss, "index_gpu_to_cpu", lambda index: calls.append("to_cpu") or index, raising=False)
+    vectors = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
+    index, _ = build_index(vectors, "IVF2,Flat", "nprobe=2")
+    assert calls == ["to_gpu", "to_cpu"] and index.ntotal == 200 and index.is_trained
+
+
 def test_bad_requests_are_refused_and_leave_exports_intact(flat_export, trained, tmp_path):
     with pytest.raises(ValueError, match="k must be in 1..12"):
         score_users(flat_export, tmp_path / "r.parquet", k=13)
