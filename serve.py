@@ -1,8 +1,40 @@
-"""Serving (retrieval -> rerank -> exploration) is not built yet; it lands with the serving issue."""
+"""Serve recommendations over HTTP from an export folder (FastAPI on uvicorn; docs at /docs).
+
+    python serve.py --export exports/ml100k --host 127.0.0.1 --port 8000 --log_dir logs/ml100k
+    python serve.py --config configs/serve.yaml --export exports/ml100k
+    curl -s localhost:8000/recommend -H 'content-type: application/json' -d '{"user_id": "196", "k": 10}'
+
+The folder is checked before the server listens; a mismatched or incomplete one is refused with the reason.
+"""
 
 from __future__ import annotations
 
-import sys
+import logging
+
+from jsonargparse import auto_cli
+
+from recsys_tt.recommender import Recommender, ServingConfig
+
+
+def main(export: str, host: str = "127.0.0.1", port: int = 8000, log_dir: str | None = None,
+         serving: ServingConfig = ServingConfig()) -> None:  # noqa: B008 (a frozen config)
+    """Load an export folder and serve it.
+
+    Args:
+        export: folder written by scripts/export_index.py.
+        host: interface to listen on.
+        port: TCP port.
+        log_dir: propensity log folder (impressions and feedback as JSONL); None serves without logging.
+        serving: candidates, MMR, exploration and request limits.
+    """
+    import uvicorn
+
+    from recsys_tt.http_api import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    recommender = Recommender.load(export, serving, log_dir=log_dir)
+    uvicorn.run(create_app(recommender), host=host, port=port, log_level="warning")
+
 
 if __name__ == "__main__":
-    sys.exit("serve.py: not yet. Serving lands with the export and serving issues; train with train.py meanwhile.")
+    auto_cli(main, as_positional=False)

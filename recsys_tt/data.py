@@ -171,11 +171,11 @@ class LeaveOneOut:
         return cls(train, np.asarray(valid, dtype=np.int64), np.asarray(test, dtype=np.int64))
 
     def history(self, user: int, stage: str) -> np.ndarray:
-        """Items a user had before the target of ``stage`` ('valid' or 'test'), oldest first."""
+        """Items a user had before the target of ``stage`` ('valid' or 'test'), or all of them ('all'), oldest first."""
         if stage == "valid":
             return self.train[user]
-        valid = self.valid[user]
-        return np.append(self.train[user], valid) if valid >= 0 else self.train[user]
+        held_out = (self.valid[user], self.test[user]) if stage == "all" else (self.valid[user],)
+        return np.append(self.train[user], [i for i in held_out if i >= 0]).astype(np.int64)
 
     def targets(self, stage: str) -> np.ndarray:
         return self.valid if stage == "valid" else self.test

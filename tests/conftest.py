@@ -59,6 +59,44 @@ def tiny_dataset(tmp_path) -> dict[str, str]:
 
 
 TINY_TEMPLATES = {"item": "{title}. Genres: {genres}.", "profile": "A {age} year old {occupation}."}
+CALLBACKS = ('[{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint", '
+             '"init_args": {"every_n_train_steps": 1, "save_last": true, "save_top_k": 0}}, '
+             '{"class_path": "recsys_tt.plots.PlotCurves"}]')
+
+
+def train_args(root: Path, paths: dict, backbone: str, max_steps: int, *extra: str) -> list[str]:
+    """train.py arguments for a short, fully logged and checkpointed run of the default config on tiny data."""
+    return [
+        "fit", "--config", "configs/ml100k_minilm.yaml",
+        "--trainer.max_steps", str(max_steps), "--trainer.precision", "32-true",
+        "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "1",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.logger.init_args.save_dir", str(root), "--trainer.logger.init_args.version", "0",
+        "--trainer.callbacks", CALLBACKS,
+        "--model.tower.backbone", backbone, "--model.warmup_steps", "2",
+        "--data.dataset", "files", "--data.interactions", paths["interactions"], "--data.items", paths["items"],
+        "--data.users", paths["users"], "--data.batch_size", "4", "--data.eval_batch_size", "3",
+        "--data.templates.item", TINY_TEMPLATES["item"], "--data.templates.profile", TINY_TEMPLATES["profile"],
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, tiny_bert):
+    """A 4-step tiny-BERT training run on the tiny dataset: (last checkpoint, final metrics)."""
+    from train import main
+
+    root = tmp_path_factory.mktemp("trained")
+    paths = write_tiny_dataset(root / "data")
+    cli = main(train_args(root, paths, tiny_bert, 4, "--model.eval_ks", "[3,5]"))
+    return root / "ml100k_minilm/version_0/checkpoints/last.ckpt", cli.trainer.callback_metrics
+
+
+@pytest.fixture(scope="session")
+def flat_export(trained, tmp_path_factory):
+    from recsys_tt.export import export_model
+
+    return export_model(trained[0], tmp_path_factory.mktemp("exports") / "flat", report_users=8)
 
 
 @pytest.fixture(scope="session")

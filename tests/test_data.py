@@ -39,6 +39,7 @@ def test_leave_one_out_split():
     assert split.train[2].tolist() == [3] and split.valid[2] == -1 and split.test[2] == -1
     assert split.history(0, "valid").tolist() == [5, 6]
     assert split.history(0, "test").tolist() == [5, 6, 7]  # the validation item precedes the test item
+    assert split.history(0, "all").tolist() == [5, 6, 7, 8] and split.history(1, "all").tolist() == [1, 2]
     assert split.item_counts(10).tolist() == [0, 1, 0, 1, 0, 1, 1, 0, 0, 0]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from test_train import _args
+from conftest import train_args as _args
 
 from recsys_tt.export import ExportFolder, export_model
 from recsys_tt.scoring import score_users

@@ -8,27 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import train_args as _args
 from conftest import write_tiny_dataset
-from test_train import _args
 
 from recsys_tt.export import ExportFolder, export_model
 from recsys_tt.index import build_index, exact_top_k, recall_against_exact
 from recsys_tt.retrieval import search_excluding
 from recsys_tt.scoring import evaluate_recommendations, score_users
 from train import main
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_bert):
-    root = tmp_path_factory.mktemp("trained")
-    paths = write_tiny_dataset(root / "data")
-    cli = main(_args(root, paths, tiny_bert, 4, "--model.eval_ks", "[3,5]"))
-    return root / "ml100k_minilm/version_0/checkpoints/last.ckpt", cli.trainer.callback_metrics
-
-
-@pytest.fixture(scope="module")
-def flat_export(trained, tmp_path_factory):
-    return export_model(trained[0], tmp_path_factory.mktemp("exports") / "flat", report_users=8)
 
 
 def test_export_folder_describes_itself(flat_export, trained):

@@ -10,30 +10,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import TINY_TEMPLATES
+from conftest import train_args as _args
 
 from recsys_tt.towers import is_base_weight
 from train import main
 
-CALLBACKS = ('[{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint", '
-             '"init_args": {"every_n_train_steps": 1, "save_last": true, "save_top_k": 0}}, '
-             '{"class_path": "recsys_tt.plots.PlotCurves"}]')
 CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
-
-
-def _args(root: Path, paths: dict, backbone: str, max_steps: int, *extra: str) -> list[str]:
-    return [
-        "fit", "--config", "configs/ml100k_minilm.yaml",
-        "--trainer.max_steps", str(max_steps), "--trainer.precision", "32-true",
-        "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "1",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.logger.init_args.save_dir", str(root), "--trainer.logger.init_args.version", "0",
-        "--trainer.callbacks", CALLBACKS,
-        "--model.tower.backbone", backbone, "--model.warmup_steps", "2",
-        "--data.dataset", "files", "--data.interactions", paths["interactions"], "--data.items", paths["items"],
-        "--data.users", paths["users"], "--data.batch_size", "4", "--data.eval_batch_size", "3",
-        "--data.templates.item", TINY_TEMPLATES["item"], "--data.templates.profile", TINY_TEMPLATES["profile"],
-        *extra,
-    ]
 
 
 class StopAtStep(pl.Callback):

@@ -1,0 +1,137 @@
+"""Softmax-temperature exploration: Plackett-Luce slates by Gumbel top-k, with exact and per-position propensities.
+
+Candidates arrive best first with scores s. A slate of k positions is drawn like this:
+- the first ``head`` positions are the best ``head`` candidates (deterministic);
+- every further position, with probability ``epsilon``, takes a uniformly random remaining candidate, else the
+  remaining candidate with the largest s / temperature + Gumbel noise (one noise draw per candidate and slate).
+With epsilon = 0 that is Gumbel top-k, i.e. Plackett-Luce sampling from softmax(s / temperature). The Gumbel
+race is memoryless, so after any earlier picks (random or not) the next argmax is again the softmax over what
+remains; each pick's probability is therefore (1 - epsilon) * softmax_remaining + epsilon / |remaining|, and the
+slate's (cascade) probability is their product. Temperature 0 is greedy (ties go to the better-ranked candidate).
+The probability that an item lands at a given position sums over all earlier picks, so it is estimated by
+drawing ``propensity_samples`` slates from the same policy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ExplorationConfig:
+    """How much a served slate explores."""
+
+    temperature: float = 0.05
+    """Divides the scores (cosine similarities) before the softmax; 0 = greedy, larger = more exploration."""
+    head: int = 0
+    """The first ``head`` positions always show the best-scored candidates; exploration fills the rest."""
+    epsilon: float = 0.0
+    """Each sampled position is uniform over the remaining candidates with this probability (a floor)."""
+    adaptive_boost: float = 0.0
+    """Temperature x (1 + boost x half_life / (half_life + history length)): new users explore more."""
+    adaptive_half_life: float = 10.0
+    """History length at which the boost is halved."""
+    propensity_samples: int = 1000
+    """Slates drawn to estimate each shown item's per-position propensity (0: not estimated)."""
+
+    def __post_init__(self) -> None:
+        checks = {"temperature": self.temperature >= 0 and math.isfinite(self.temperature),
+                  "head": self.head >= 0, "epsilon": 0 <= self.epsilon <= 1,
+                  "adaptive_boost": self.adaptive_boost >= 0 and math.isfinite(self.adaptive_boost),
+                  "adaptive_half_life": self.adaptive_half_life > 0, "propensity_samples": self.propensity_samples >= 0}
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"Exploration settings out of range: {', '.join(f'{b}={getattr(self, b)}' for b in bad)} "
+                             "(temperature >= 0, head >= 0, 0 <= epsilon <= 1, adaptive_boost >= 0, "
+                             "adaptive_half_life > 0, propensity_samples >= 0).")
+
+    def user_temperature(self, history_length: int, temperature: float | None = None) -> float:
+        """The temperature for a user with ``history_length`` known items (``temperature`` overrides the base)."""
+        base = self.temperature if temperature is None else temperature
+        half = self.adaptive_half_life
+        return base * (1.0 + self.adaptive_boost * half / (half + history_length))
+
+
+@dataclass
+class Slate:
+    """A served slate: candidate positions in display order and how likely the policy was to show them."""
+
+    picks: np.ndarray  # (k,) indices into the candidate list, display order
+    pick_probability: np.ndarray  # (k,) P(this pick | the picks above it), exact
+    position_propensity: np.ndarray | None  # (k,) P(this item at this position), estimated; None if not asked
+    probability: float  # P(this exact ordered slate) = product of pick_probability
+    temperature: float
+
+
+def sample_slates(scores: np.ndarray, k: int, temperature: float, head: int, epsilon: float,
+                  rng: np.random.Generator, n: int = 1) -> np.ndarray:
+    """(n, k) slates (candidate indices) drawn from the policy; ``scores`` are best first."""
+    count = len(scores)
+    head = min(head, k)
+    slates = np.empty((n, k), dtype=np.int64)
+    slates[:, :head] = np.arange(head)
+    available = np.ones((n, count), dtype=bool)
+    available[:, :head] = False
+    if temperature > 0:
+        keys = scores / temperature + rng.gumbel(size=(n, count))
+    else:
+        keys = np.broadcast_to(-np.arange(count, dtype=np.float64), (n, count))  # greedy: best rank first
+    for position in range(head, k):
+        pick = np.where(available, keys, -np.inf).argmax(axis=1)
+        if epsilon > 0:
+            uniform = np.where(available, rng.random((n, count)), -1.0).argmax(axis=1)
+            pick = np.where(rng.random(n) < epsilon, uniform, pick)
+        slates[:, position] = pick
+        available[np.arange(n), pick] = False
+    return slates
+
+
+def pick_probabilities(scores: np.ndarray, slate: np.ndarray, temperature: float, head: int,
+                       epsilon: float) -> np.ndarray:
+    """(k,) exact probability of each pick of ``slate`` given the picks above it."""
+    available = np.ones(len(scores), dtype=bool)
+    out = np.ones(len(slate))
+    for position, pick in enumerate(slate):
+        if position < head:
+            out[position] = float(pick == position)  # the head shows the best candidates in order
+        else:
+            remaining = np.flatnonzero(available)
+            if temperature > 0:
+                logits = scores[remaining] / temperature
+                weights = np.exp(logits - logits.max())
+                best = weights[remaining == pick][0] / weights.sum()
+            else:
+                best = float(pick == remaining[0])
+            out[position] = (1 - epsilon) * best + epsilon / len(remaining)
+        available[pick] = False
+    return out
+
+
+def position_propensities(slate: np.ndarray, samples: np.ndarray) -> np.ndarray:
+    """(k,) fraction of slates showing ``slate[j]`` at position j, among ``samples`` and the slate itself.
+
+    The served slate is one more draw of the same policy; counting it keeps every estimate above zero, so
+    inverse-propensity weights stay finite.
+    """
+    return ((samples == slate[None, :]).sum(axis=0) + 1) / (len(samples) + 1)
+
+
+def explore(scores: np.ndarray, k: int, config: ExplorationConfig, temperature: float,
+            rng: np.random.Generator) -> Slate:
+    """Draws one slate of ``min(k, candidates)`` from best-first ``scores`` and computes its propensities."""
+    scores = np.asarray(scores, dtype=np.float64)
+    k = min(k, len(scores))
+    slate = sample_slates(scores, k, temperature, config.head, config.epsilon, rng)[0]
+    picks = pick_probabilities(scores, slate, temperature, config.head, config.epsilon)
+    deterministic = (temperature == 0 and config.epsilon == 0) or config.head >= k
+    if deterministic:
+        position = np.ones(k)
+    elif config.propensity_samples:
+        samples = sample_slates(scores, k, temperature, config.head, config.epsilon, rng, config.propensity_samples)
+        position = position_propensities(slate, samples)
+    else:
+        position = None
+    return Slate(slate, picks, position, float(np.prod(picks)), temperature)

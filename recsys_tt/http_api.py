@@ -1,0 +1,116 @@
+"""The HTTP API (FastAPI) over a Recommender: /recommend, /feedback, /health, /metrics, OpenAPI docs at /docs."""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from recsys_tt.recommender import BadRequestError, Recommender, RecommendRequest, UnknownUserError
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class RecommendBody(BaseModel):
+    """A known user by ``user_id``, or a new user by ``text`` and/or ``recent_item_ids`` (oldest first)."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: str | None = Field(None, max_length=256, coerce_numbers_to_str=True)
+    text: str | None = None
+    recent_item_ids: list[str] = Field(default_factory=list)
+    k: int = Field(10, description="Slate size.")
+    temperature: float | None = Field(None, allow_inf_nan=False, description="Overrides the exploration "
+                                      "temperature; 0 = greedy.")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="Reproduces a slate exactly.")
+    exclude: list[str] = Field(default_factory=list, description="Item ids never to show.")
+
+
+class FeedbackBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(max_length=64)
+    item_id: str = Field(max_length=256, coerce_numbers_to_str=True)
+    reward: float = Field(1.0, allow_inf_nan=False)
+
+
+class _Metrics:
+    def __init__(self, recommender: Recommender) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("recsys_requests", "HTTP requests", ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("recsys_request_seconds", "Request latency", ["endpoint"],
+                                 buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.errors = Counter("recsys_errors", "Requests that failed on the server (5xx)", registry=self.registry)
+        cache = recommender.cache
+        Gauge("recsys_user_cache_hits", "User-vector cache hits", registry=self.registry).set_function(
+            lambda: cache.hits)
+        Gauge("recsys_user_cache_misses", "User-vector cache misses", registry=self.registry).set_function(
+            lambda: cache.misses)
+
+
+def create_app(recommender: Recommender) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        if recommender.log is not None:
+            recommender.log.close()
+
+    app = FastAPI(title="recsys_tt", description="Two-tower retrieval, reranking and logged exploration.",
+                  lifespan=lifespan)
+    metrics = _Metrics(recommender)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception:
+            metrics.errors.inc()
+            raise
+        metrics.latency.labels(request.url.path).observe(time.perf_counter() - started)
+        metrics.requests.labels(request.url.path, str(response.status_code)).inc()
+        if response.status_code >= 500:
+            metrics.errors.inc()
+        return response
+
+    @app.exception_handler(BadRequestError)
+    async def bad_request(request: Request, err: BadRequestError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": str(err)})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, err: RequestValidationError) -> JSONResponse:
+        # FastAPI's default echoes the input, which cannot be rendered when it holds NaN
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}" for e in err.errors())
+        return JSONResponse(status_code=422, content={"detail": problems})
+
+    @app.exception_handler(UnknownUserError)
+    async def unknown_user(request: Request, err: UnknownUserError) -> JSONResponse:
+        return JSONResponse(status_code=404, content={"detail": err.args[0]})
+
+    @app.post("/recommend")
+    def recommend(body: RecommendBody) -> dict:
+        """A slate of ``k`` items with scores, propensities and explanations; logged when a log folder is set."""
+        return recommender.recommend(RecommendRequest(**body.model_dump()))
+
+    @app.post("/feedback")
+    def feedback(body: FeedbackBody) -> dict:
+        """Attaches a reward (e.g. 1 = click) to an item of a served slate."""
+        recommender.feedback(body.request_id, body.item_id, body.reward)
+        return {"status": "recorded"}
+
+    @app.get("/health")
+    def health() -> dict:
+        """Ready once the export is loaded and checked (the server does that before it listens)."""
+        meta = recommender.export.meta
+        return {"status": "ok", "items": meta["num_items"], "users": meta["num_users"],
+                "model_version": recommender.model_version, "index_version": recommender.index_version,
+                "logging": recommender.log is not None}
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,262 @@
+"""The Python serving API: an export folder -> recommendations with logged exploration.
+
+Pipeline of one request: user (dataset id with its full history, or new-user text and/or recent items) ->
+user vector (LRU-cached) -> FAISS top-N without seen/excluded items -> exact rescoring with the stored vectors ->
+optional second-stage scorer -> MMR -> Plackett-Luce exploration -> response, and one line in the propensity log.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import secrets
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from recsys_tt.explore import ExplorationConfig, explore
+from recsys_tt.export import ExportFolder
+from recsys_tt.propensity_log import PropensityLog
+from recsys_tt.rerank import CandidateScorer, exact_scores, mmr
+from recsys_tt.retrieval import search_excluding
+
+
+class UnknownUserError(KeyError):
+    """A user id the export does not hold."""
+
+
+class BadRequestError(ValueError):
+    """A request the recommender cannot serve as asked (the message says what to change)."""
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Serving limits and the rerank/explore settings of every request (a request may override temperature)."""
+
+    candidates: int = 200
+    """FAISS top-N that reranking and exploration choose from."""
+    diversity_lambda: float = 1.0
+    """MMR trade-off: 1 = pure relevance, lower = more diverse slates."""
+    max_k: int = 100
+    max_text_chars: int = 5000
+    max_recent_items: int = 500
+    cache_size: int = 100_000
+    """User vectors kept in the LRU cache."""
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("candidates", "max_k", "max_text_chars", "max_recent_items", "cache_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"serving.{name} must be positive, got {getattr(self, name)}.")
+        if not 0 <= self.diversity_lambda <= 1:
+            raise ValueError(f"serving.diversity_lambda must be in [0, 1], got {self.diversity_lambda}.")
+
+
+@dataclass
+class RecommendRequest:
+    """A known user (``user_id``) or a new one (``text`` and/or ``recent_item_ids``, oldest first)."""
+
+    user_id: str | None = None
+    text: str | None = None
+    recent_item_ids: list[str] = field(default_factory=list)
+    k: int = 10
+    temperature: float | None = None
+    seed: int | None = None
+    exclude: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _User:
+    cache_key: tuple
+    user_id: str | None
+    history: np.ndarray  # item rows, oldest first (excluded from results)
+    text: str
+    unknown_items: list[str]
+
+
+class _VectorCache:
+    """A thread-safe LRU of user vectors with hit/miss counts."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.hits, self.misses = size, 0, 0
+        self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> np.ndarray | None:
+        with self._lock:
+            vector = self._items.get(key)
+            if vector is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._items.move_to_end(key)
+            return vector
+
+    def put(self, key: tuple, vector: np.ndarray) -> None:
+        with self._lock:
+            self._items[key] = vector
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+class Recommender:
+    """Recommends from an export folder; thread-safe, so one instance serves every request."""
+
+    def __init__(self, export: ExportFolder, config: ServingConfig | None = None,
+                 scorer: CandidateScorer | None = None, log: PropensityLog | None = None) -> None:
+        self.export, self.config = export, config or ServingConfig()
+        self.scorer, self.log = scorer, log
+        self.cache = _VectorCache(self.config.cache_size)
+        self._encode_lock = threading.Lock()  # one forward pass at a time; torch uses all cores for each
+        self._user_rows = {u: i for i, u in enumerate(export.users["user_id"].astype(str))}
+        self._item_ids = export.items["item_id"].astype(str).to_numpy()
+        self._names = export.items["history_name"].astype(str).to_numpy()
+        meta = export.meta
+        self.model_version = meta["adapter_sha256"][:16]
+        self.index_version = f"{meta['factory']}|{meta['num_items']} items|{meta['created_at']}"
+
+    @classmethod
+    def load(cls, export_dir: str | Path, config: ServingConfig | None = None, scorer: CandidateScorer | None = None,
+             log_dir: str | Path | None = None) -> Recommender:
+        """Loads and checks an export folder and rebuilds its towers (refuses mismatched or incomplete folders)."""
+        export = ExportFolder.load(export_dir)
+        export.module  # noqa: B018 (build and check the towers now, not on the first request)
+        return cls(export, config, scorer, PropensityLog(log_dir) if log_dir else None)
+
+    # ----- requests -----------------------------------------------------------------------------------
+    def recommend(self, request: RecommendRequest) -> dict:
+        """Serves one slate; raises UnknownUserError for an unknown user id, BadRequestError for a bad request."""
+        self._check(request)
+        user = self._user(request)
+        vector = self._vector(user)
+        excluded = np.unique(np.concatenate([user.history, self._rows(request.exclude)[0]])).astype(np.int64)
+        rows, scores = self._candidates(vector, excluded, request.k)
+        exploration = self.config.exploration
+        temperature = exploration.user_temperature(len(user.history), request.temperature)
+        seed = request.seed if request.seed is not None else secrets.randbits(63)
+        slate = explore(scores, request.k, exploration, temperature, np.random.default_rng(seed))
+        shown = rows[slate.picks]
+        response = {
+            "request_id": uuid.uuid4().hex, "user_id": user.user_id, "temperature": temperature, "seed": seed,
+            "slate_probability": slate.probability, "model_version": self.model_version,
+            "index_version": self.index_version,
+            "items": [{"item_id": self._item_ids[r], "text": self.export.items["text"].iat[r],
+                       "score": float(scores[p]), "rank": rank,
+                       "propensity": None if slate.position_propensity is None else
+                       float(slate.position_propensity[rank - 1]),
+                       "pick_probability": float(slate.pick_probability[rank - 1]),
+                       "explanation": self._explain(r, user)}
+                      for rank, (r, p) in enumerate(zip(shown, slate.picks), start=1)],
+        }
+        unknown = user.unknown_items + self._rows(request.exclude)[1]
+        if unknown:
+            response["unknown_item_ids"] = unknown
+        if self.log is not None:
+            self.log.log_slate(self._log_record(response, user, rows, scores, slate, shown))
+        return response
+
+    def feedback(self, request_id: str, item_id: str, reward: float) -> None:
+        """Attaches a reward (e.g. 1 for a click) to an item of a logged slate."""
+        if self.log is None:
+            raise BadRequestError("This recommender keeps no propensity log; start it with a log folder.")
+        if not math.isfinite(reward):
+            raise BadRequestError(f"reward must be a finite number, got {reward}.")
+        self.log.log_feedback({"request_id": request_id, "item_id": str(item_id), "reward": float(reward),
+                               "time": _now()})
+
+    # ----- steps ----------------------------------------------------------------------------------------
+    def _check(self, request: RecommendRequest) -> None:
+        config, catalog = self.config, len(self._item_ids)
+        problems = []
+        if not 1 <= request.k <= min(config.max_k, catalog):
+            problems.append(f"k must be in 1..{min(config.max_k, catalog)}, got {request.k}")
+        if request.temperature is not None and not (math.isfinite(request.temperature) and request.temperature >= 0):
+            problems.append(f"temperature must be a finite number >= 0, got {request.temperature}")
+        if request.text is not None and len(request.text) > config.max_text_chars:
+            problems.append(f"text has {len(request.text)} characters; the limit is {config.max_text_chars}")
+        if len(request.recent_item_ids) > config.max_recent_items:
+            problems.append(f"{len(request.recent_item_ids)} recent items; the limit is {config.max_recent_items}")
+        if request.user_id is None and not (request.text or "").strip() and not request.recent_item_ids:
+            problems.append("give a user_id, or a text and/or recent_item_ids for a new user")
+        if request.user_id is not None and (request.text is not None or request.recent_item_ids):
+            problems.append("give either a user_id or a new user's text/recent_item_ids, not both")
+        if problems:
+            raise BadRequestError("; ".join(problems) + ".")
+
+    def _rows(self, item_ids: list[str]) -> tuple[np.ndarray, list[str]]:
+        rows = self.export.item_rows
+        known = [rows[str(i)] for i in item_ids if str(i) in rows]
+        return np.asarray(known, dtype=np.int64), [str(i) for i in item_ids if str(i) not in rows]
+
+    def _user(self, request: RecommendRequest) -> _User:
+        if request.user_id is not None:
+            index = self._user_rows.get(str(request.user_id))
+            if index is None:
+                raise UnknownUserError(f"Unknown user_id {request.user_id!r}; new users are given by text and/or "
+                                       "recent_item_ids.")
+            history = self.export.split.history(index, "all")
+            return _User(("id", index), str(request.user_id), history, "", [])
+        history, unknown = self._rows(request.recent_item_ids)
+        if not len(history) and not (request.text or "").strip():
+            raise BadRequestError(f"None of the recent_item_ids are in the catalog ({unknown[:5]}) and there is "
+                                  "no text.")
+        text = request.text or ""
+        return _User(("new", text, tuple(history.tolist())), None, history, text, unknown)
+
+    def _vector(self, user: _User) -> np.ndarray:
+        vector = self.cache.get(user.cache_key)
+        if vector is None:
+            with self._encode_lock:
+                if user.user_id is not None:
+                    vector = self.export.user_vectors(np.asarray([user.cache_key[1]]), "all")[0]
+                else:
+                    vector = self.export.new_user_vectors([user.text], [user.history])[0]
+            self.cache.put(user.cache_key, vector)
+        return vector
+
+    def _candidates(self, vector: np.ndarray, excluded: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate rows and their final scores, best first (after rescoring, the scorer and MMR)."""
+        depth = min(max(self.config.candidates, k), len(self._item_ids))
+        rows, _ = search_excluding(self.export.index, vector[None, :], depth, [excluded])
+        rows = rows[0][rows[0] >= 0]
+        if not len(rows):
+            raise BadRequestError("Every item is excluded for this user; nothing is left to recommend.")
+        scores = exact_scores(vector, self.export.vectors, rows)
+        if self.scorer is not None:
+            scores = np.asarray(self.scorer(vector, rows, scores), dtype=np.float64)
+        order, final = mmr(scores, self.export.vectors[rows], self.config.diversity_lambda)
+        return rows[order], np.asarray(final, dtype=np.float64)
+
+    def _explain(self, row: int, user: _User) -> str:
+        if not len(user.history):
+            return "Matches your description."
+        vectors = self.export.vectors
+        closest = user.history[int(np.argmax(vectors[user.history] @ vectors[row]))]
+        return f"Because you liked {self._names[closest]}."
+
+    def _log_record(self, response: dict, user: _User, rows: np.ndarray, scores: np.ndarray, slate,
+                    shown: np.ndarray) -> dict:
+        exploration = self.config.exploration
+        return {
+            "request_id": response["request_id"], "time": _now(), "user_id": user.user_id,
+            "new_user": user.user_id is None, "history_length": int(len(user.history)),
+            "candidate_ids": self._item_ids[rows].tolist(), "candidate_rows": rows.tolist(),
+            "candidate_scores": [round(float(s), 6) for s in scores], "temperature": response["temperature"],
+            "head": exploration.head, "epsilon": exploration.epsilon,
+            "diversity_lambda": self.config.diversity_lambda, "k": len(shown),
+            "slate": self._item_ids[shown].tolist(), "slate_rows": shown.tolist(),
+            "pick_probabilities": slate.pick_probability.tolist(),
+            "position_propensities": None if slate.position_propensity is None else
+            slate.position_propensity.tolist(),
+            "slate_probability": slate.probability, "propensity_samples": exploration.propensity_samples,
+            "seed": response["seed"], "model_version": self.model_version, "index_version": self.index_version,
+        }
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat()

@@ -1,0 +1,150 @@
+"""The Python and HTTP serving APIs on a tiny export: slates, propensity logs, feedback and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from recsys_tt.explore import ExplorationConfig
+from recsys_tt.export import ExportFolder
+from recsys_tt.http_api import create_app
+from recsys_tt.propensity_log import PropensityLog, bandit_feedback, read_impressions
+from recsys_tt.recommender import Recommender, RecommendRequest, ServingConfig, UnknownUserError
+from recsys_tt.retrieval import search_excluding
+
+EXPLORING = ServingConfig(exploration=ExplorationConfig(temperature=0.5, propensity_samples=200))
+
+
+@pytest.fixture
+def recommender(flat_export, tmp_path) -> Recommender:
+    return Recommender.load(flat_export, EXPLORING, log_dir=tmp_path / "log")
+
+
+def test_a_known_user_gets_unseen_items_with_propensities_and_explanations(recommender):
+    export = recommender.export
+    seen = set(export.items["item_id"].to_numpy()[export.split.history(0, "all")])
+    response = recommender.recommend(RecommendRequest(user_id="u0", k=4, seed=3))
+    items = response["items"]
+    assert [i["rank"] for i in items] == [1, 2, 3, 4] and not seen & {i["item_id"] for i in items}
+    assert all(0 < i["propensity"] <= 1 and 0 < i["pick_probability"] <= 1 for i in items)
+    assert response["slate_probability"] == pytest.approx(np.prod([i["pick_probability"] for i in items]))
+    history_names = set(export.items["history_name"])
+    assert all(i["explanation"].removeprefix("Because you liked ").removesuffix(".") in history_names for i in items)
+    again = recommender.recommend(RecommendRequest(user_id="u0", k=4, seed=3))
+    assert [i["item_id"] for i in again["items"]] == [i["item_id"] for i in items]
+    assert recommender.cache.hits >= 1
+
+
+def test_greedy_slate_is_the_exact_top_k_without_seen_items(recommender):
+    export = recommender.export
+    response = recommender.recommend(RecommendRequest(user_id="u3", k=3, temperature=0.0))
+    vector = export.user_vectors(np.array([3]), "all")
+    rows, _ = search_excluding(export.index, vector, 3, [export.split.history(3, "all")])
+    assert [i["item_id"] for i in response["items"]] == export.items["item_id"].to_numpy()[rows[0]].tolist()
+    assert all(i["propensity"] == 1.0 for i in response["items"])
+    scores = [i["score"] for i in response["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_new_users_by_text_or_recent_items_and_exclusions(recommender):
+    by_text = recommender.recommend(RecommendRequest(text="A 30 year old writer.", k=3, temperature=0.0))
+    assert len(by_text["items"]) == 3 and by_text["user_id"] is None
+    assert by_text["items"][0]["explanation"] == "Matches your description."
+    recent = recommender.recommend(RecommendRequest(recent_item_ids=["i1", "i2", "nope"], k=3, exclude=["i5"]))
+    shown = {i["item_id"] for i in recent["items"]}
+    assert not shown & {"i1", "i2", "i5"} and recent["unknown_item_ids"] == ["nope"]
+
+
+def test_a_pluggable_scorer_reorders_candidates(flat_export):
+    reverse = Recommender.load(flat_export, ServingConfig(exploration=ExplorationConfig(temperature=0.0)),
+                               scorer=lambda user, rows, scores: -scores)
+    plain = Recommender(reverse.export, reverse.config)
+    first = reverse.recommend(RecommendRequest(user_id="u1", k=2))["items"][0]["item_id"]
+    worst = plain.recommend(RecommendRequest(user_id="u1", k=len(plain.export.items) - 6))["items"][-1]["item_id"]
+    assert first == worst
+
+
+@pytest.mark.parametrize("request_fields, message", [
+    ({"user_id": "u0", "k": 0}, "k must be in"), ({"user_id": "u0", "k": 50}, "k must be in"),
+    ({"user_id": "u0", "temperature": -0.1}, "temperature"), ({"text": "x" * 6000}, "characters"),
+    ({}, "give a user_id"), ({"user_id": "u0", "text": "hi"}, "not both"),
+    ({"recent_item_ids": ["nope"]}, "None of the recent_item_ids"),
+])
+def test_bad_requests_are_refused_with_the_reason(recommender, request_fields, message):
+    with pytest.raises(ValueError, match=message):
+        recommender.recommend(RecommendRequest(**request_fields))
+    with pytest.raises(UnknownUserError, match="nobody"):
+        recommender.recommend(RecommendRequest(user_id="nobody"))
+
+
+def test_http_api_serves_logs_and_takes_feedback(recommender, tmp_path):
+    with TestClient(create_app(recommender)) as client:
+        health = client.get("/health").json()
+        assert health["status"] == "ok" and health["items"] == 12 and health["logging"] is True
+        served = client.post("/recommend", json={"user_id": "u2", "k": 3, "seed": 5})
+        assert served.status_code == 200
+        body = served.json()
+        clicked = body["items"][1]["item_id"]
+        assert client.post("/feedback", json={"request_id": body["request_id"], "item_id": clicked}).status_code == 200
+        assert client.post("/recommend", json={"text": "A 40 year old engineer.", "k": 2}).status_code == 200
+        metrics = client.get("/metrics").text
+        assert 'recsys_requests_total{endpoint="/recommend",status="200"} 2.0' in metrics
+        assert "recsys_request_seconds_bucket" in metrics
+        assert client.get("/docs").status_code == 200 and "/recommend" in client.get("/openapi.json").text
+    impressions = read_impressions(tmp_path / "log")  # closed on shutdown, every line complete
+    assert len(impressions) == 2 and impressions["request_id"].iloc[0] == body["request_id"]
+    assert impressions["slate"].iloc[0] == [i["item_id"] for i in body["items"]]
+    assert len(impressions["candidate_ids"].iloc[0]) == len(impressions["candidate_scores"].iloc[0]) >= 3
+    feedback = bandit_feedback(tmp_path / "log", n_actions=12)
+    assert feedback["n_rounds"] == 5 and feedback["reward"].sum() == 1.0
+    assert feedback["reward"][feedback["slate_id"] == 0].tolist() == [0.0, 1.0, 0.0]
+    assert np.all(feedback["pscore_cascade"] <= 1) and np.all(feedback["pscore_item_position"] > 0)
+    position = bandit_feedback(tmp_path / "log", n_actions=12, kind="position")
+    assert position["position"].tolist() == [0, 1, 2, 0, 1]
+
+
+@pytest.mark.parametrize("payload, status, reason", [
+    ({"user_id": "nobody"}, 404, "Unknown user_id"), ({"user_id": "u0", "k": 0}, 422, "k must be"),
+    ({"user_id": "u0", "k": 10_000}, 422, "k must be"), ({"user_id": "u0", "temperature": -1}, 422, "temperature"),
+    ({"user_id": "u0", "k": "ten"}, 422, "k: Input should be a valid integer"),
+    ({"user_id": "u0", "surprise": 1}, 422, "surprise"), ({"text": "y" * 100_000}, 422, "characters"),
+    ({"user_id": "u0", "seed": -1}, 422, "seed"), ('{"user_id": "u0", "temperature": NaN}', 422, "temperature"),
+    ('{"user_id": ', 422, "JSON"), ("[]", 422, "body"),
+])
+def test_bad_client_input_never_gets_a_server_error(recommender, payload, status, reason):
+    with TestClient(create_app(recommender), raise_server_exceptions=False) as client:
+        if isinstance(payload, str):
+            response = client.post("/recommend", content=payload, headers={"content-type": "application/json"})
+        else:
+            response = client.post("/recommend", json=payload)
+        assert response.status_code == status, response.text
+        assert reason in response.json()["detail"]
+        assert client.post("/feedback", json={"request_id": "r", "item_id": "i1", "reward": "lots"}).status_code == 422
+
+
+def test_log_rotates_and_loses_no_record(tmp_path):
+    log = PropensityLog(tmp_path, max_bytes=200)
+    for n in range(10):
+        log.log_slate({"request_id": str(n), "payload": "x" * 100})
+    log.close()
+    assert len(list(tmp_path.glob("impressions-*.jsonl"))) >= 5
+    assert sorted(read_impressions(tmp_path)["request_id"].astype(int)) == list(range(10))
+
+
+def test_server_refuses_an_incomplete_or_tampered_export(flat_export, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(flat_export, broken)
+    (broken / "vectors.npy").unlink()
+    with pytest.raises(ValueError, match="not a complete recsys_tt export"):
+        Recommender.load(broken)
+    tampered = tmp_path / "tampered"
+    shutil.copytree(flat_export, tampered)
+    meta = json.loads((tampered / "meta.json").read_text())
+    (tampered / "meta.json").write_text(json.dumps(meta | {"adapter_sha256": "0" * 64}))
+    with pytest.raises(ValueError, match="adapter hash"):
+        Recommender.load(tampered)
+    assert ExportFolder.load(flat_export).meta["num_items"] == 12  # the original is untouched
