@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from jsonargparse import auto_cli
 
 from recsys_tt.explore import ExplorationConfig
 from recsys_tt.export import ExportFolder
@@ -133,6 +134,17 @@ def test_log_rotates_and_loses_no_record(tmp_path):
     log.close()
     assert len(list(tmp_path.glob("impressions-*.jsonl"))) >= 5
     assert sorted(read_impressions(tmp_path)["request_id"].astype(int)) == list(range(10))
+
+
+def test_the_shipped_serving_config_parses(capsys):
+    import serve
+
+    with pytest.raises(SystemExit) as done:
+        auto_cli(serve.main, as_positional=False,
+                 args=["--config", "configs/serve.yaml", "--export", "exports/x", "--print_config"])
+    assert done.value.code == 0
+    printed = capsys.readouterr().out
+    assert "temperature: 0.05" in printed and "candidates: 200" in printed
 
 
 def test_server_refuses_an_incomplete_or_tampered_export(flat_export, tmp_path):

@@ -15,7 +15,8 @@ from conftest import train_args as _args
 from recsys_tt.towers import is_base_weight
 from train import main
 
-CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
+CONFIGS = sorted(p for p in Path(__file__).parents[1].joinpath("configs").glob("*.yaml")
+                 if not p.name.startswith("serve"))  # serving configs: tests/test_serving.py
 
 
 class StopAtStep(pl.Callback):
