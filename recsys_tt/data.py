@@ -87,7 +87,7 @@ def load_interaction_data(interactions: str | Path, items: str | Path, users: st
     require_columns(inter, ["user_id", "item_id", "timestamp"], interactions)
     inter = inter.assign(user_id=_id_column(inter, "user_id", interactions),
                          item_id=_id_column(inter, "item_id", interactions),
-                         timestamp=_timestamps(inter["timestamp"], interactions))
+                         timestamp=parse_timestamps(inter["timestamp"], interactions))
     if min_rating is not None:
         require_columns(inter, ["rating"], interactions)
         inter = inter[inter["rating"].astype(float) >= min_rating]
@@ -134,7 +134,8 @@ def _load_users(path: str | Path) -> pd.DataFrame:
     return frame.set_index("user_id")
 
 
-def _timestamps(column: pd.Series, path: str | Path) -> np.ndarray:
+def parse_timestamps(column: pd.Series, path: str | Path) -> np.ndarray:
+    """Unix seconds from numbers or dates (ISO 8601 and the like); a bad value is refused with its row."""
     if pd.api.types.is_numeric_dtype(column):
         values = column.to_numpy(dtype="float64")
         bad = np.isnan(values)

@@ -226,6 +226,11 @@ class ExportFolder:
         return {item: i for i, item in enumerate(self.items["item_id"].astype(str))}
 
     @cached_property
+    def item_popularity(self) -> np.ndarray:
+        """(N,) share of users who had each item in training, add-one smoothed (for novelty)."""
+        return (self.items["train_count"].to_numpy() + 1.0) / (len(self.users) + 1.0)
+
+    @cached_property
     def split(self) -> LeaveOneOut:
         return LeaveOneOut([np.asarray(t, dtype=np.int64) for t in self.users["train_items"]],
                            self.users["valid_item"].to_numpy(), self.users["test_item"].to_numpy())

@@ -51,3 +51,27 @@ class PlotCurves(pl.Callback):
             return
         path = plot_curves(logger.experiment.metrics_file_path, Path(logger.log_dir) / "curves.png")
         log.info("Training curves written to %s", path)
+
+
+def plot_exploration(results: dict[str, dict], out: str | Path) -> Path:
+    """Exploration trade-off: cumulative clicks per user by round, and total clicks against catalog coverage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, result in results.items():
+        cumulative = pd.Series(result["clicks_per_round"]).cumsum()
+        left.plot(range(1, len(cumulative) + 1), cumulative, marker=".", label=name)
+        right.scatter(result["coverage"], result["cumulative_clicks"], s=40)
+        right.annotate(name, (result["coverage"], result["cumulative_clicks"]), fontsize=8,
+                       xytext=(4, 3), textcoords="offset points")
+    left.set(xlabel="round", ylabel="cumulative clicks per user", title="long-run clicks")
+    left.legend(fontsize=8)
+    right.set(xlabel="catalog coverage (items shown / catalog)", ylabel="clicks per user, all rounds",
+              title="exploitation vs exploration")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return Path(out)

@@ -160,6 +160,22 @@ class Recommender:
             self.log.log_slate(self._log_record(response, user, rows, scores, slate, shown))
         return response
 
+    def warm_cache(self, requests: list[RecommendRequest], batch_size: int = 256) -> None:
+        """Encodes the users of many requests in batches and caches their vectors (e.g. before a traffic peak)."""
+        users = [self._user(r) for r in requests]
+        known = [u for u in users if u.user_id is not None]
+        new = [u for u in users if u.user_id is None]
+        with self._encode_lock:
+            vectors = []
+            if known:
+                vectors += list(self.export.user_vectors(np.asarray([u.cache_key[1] for u in known]), "all",
+                                                         batch_size))
+            if new:
+                vectors += list(self.export.new_user_vectors([u.text for u in new], [u.history for u in new],
+                                                             batch_size))
+        for user, vector in zip(known + new, vectors):
+            self.cache.put(user.cache_key, vector)
+
     def feedback(self, request_id: str, item_id: str, reward: float) -> None:
         """Attaches a reward (e.g. 1 for a click) to an item of a logged slate."""
         if self.log is None:

@@ -194,8 +194,7 @@ def evaluate_recommendations(recs_path: str | Path, export_dir: str | Path, spli
     hits = table == users["target"].to_numpy()[:, None]
     ranks = torch.as_tensor(np.where(hits.any(1), hits.argmax(1), depth + 1))  # 0-based; beyond depth = miss
     metrics = {name: float(v.mean()) for name, v in ranking_metrics(ranks, ks).items()}
-    popularity = (export.items["train_count"].to_numpy() + 1.0) / (len(export.users) + 1.0)
     metrics.update({f"coverage@{depth}": catalog_coverage(table, len(export.items)),
-                    f"novelty@{depth}": novelty(table, popularity),
+                    f"novelty@{depth}": novelty(table, export.item_popularity),
                     f"diversity@{depth}": intra_list_diversity(table, export.vectors), "users": float(len(users))})
     return metrics

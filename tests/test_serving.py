@@ -60,6 +60,17 @@ def test_new_users_by_text_or_recent_items_and_exclusions(recommender):
     assert not shown & {"i1", "i2", "i5"} and recent["unknown_item_ids"] == ["nope"]
 
 
+def test_warming_the_cache_gives_the_vectors_a_request_would_compute(recommender):
+    requests = [RecommendRequest(user_id="u4"), RecommendRequest(text="A 22 year old nurse.", recent_item_ids=["i2"])]
+    recommender.warm_cache(requests)
+    assert (recommender.cache.hits, recommender.cache.misses) == (0, 0)
+    users = [recommender._user(r) for r in requests]
+    cached = [recommender.cache.get(u.cache_key) for u in users]
+    recommender.cache = type(recommender.cache)(10)  # empty: each vector is computed alone now
+    for user, vector in zip(users, cached):
+        assert np.allclose(vector, recommender._vector(user), atol=1e-5)
+
+
 def test_a_pluggable_scorer_reorders_candidates(flat_export):
     reverse = Recommender.load(flat_export, ServingConfig(exploration=ExplorationConfig(temperature=0.0)),
                                scorer=lambda user, rows, scores: -scores)

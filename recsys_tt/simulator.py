@@ -1,0 +1,148 @@
+"""An interactive simulator on real interactions, for choosing exploration settings from evidence.
+
+Each simulated user starts with what the export knows of them and likes their real later interactions, which
+the export was not trained on (a ``future`` table from scripts/split_by_time.py); without one, users start with
+the first ``start_fraction`` of their known history and like the rest. Every round, the policy serves
+each user a slate through the real serving path (a Recommender answering a request with the user's profile text
+and history). The user examines position j with probability 1 / log2(j + 2) and clicks an examined item they
+like; a clicked item joins the history (so the next user vector, and for text towers the user text, changes) and
+is liked no more. Slates and clicks go to the propensity log like a server's.
+
+Caveat without a future table: the export was trained on the items a user "likes", so the model has seen
+those preferences; that favours exploitation, so exploration's benefit is understated.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsys_tt.data import read_table, require_columns
+from recsys_tt.explore import ExplorationConfig
+from recsys_tt.export import ExportFolder
+from recsys_tt.metrics import catalog_coverage, intra_list_diversity, novelty
+from recsys_tt.ope import position_marginals
+from recsys_tt.propensity_log import PropensityLog, read_impressions
+from recsys_tt.recommender import Recommender, RecommendRequest, ServingConfig
+
+
+@dataclass
+class SimulatedUsers:
+    profiles: list[str]
+    histories: list[list[int]]  # item rows, oldest first
+    liked: list[set[int]]  # item rows the user would click
+
+    @classmethod
+    def from_export(cls, export: ExportFolder, start_fraction: float = 0.5, users: int | None = None,
+                    seed: int = 0, future: str | None = None) -> SimulatedUsers:
+        """Users with at least one starting item and one liked item; ``users`` samples that many of them.
+
+        With ``future`` (a table of user_id, item_id that the export was not trained on, e.g. from
+        scripts/split_by_time.py) users start with everything the export knows of them and like their future
+        items. Without it they start with the first ``start_fraction`` of their known history and like the rest.
+        """
+        if future is None and not 0 < start_fraction < 1:
+            raise ValueError(f"start_fraction must be in (0, 1), got {start_fraction}.")
+        later = _future_rows(export, future) if future is not None else None
+        profiles, histories, liked = [], [], []
+        for index, (user_id, profile) in enumerate(zip(export.users["user_id"].astype(str), export.users["profile"])):
+            known = export.split.history(index, "all").tolist()
+            start = known if later is not None else known[: int(len(known) * start_fraction)]
+            wanted = set(later.get(user_id, [])) if later is not None else set(known[len(start):])
+            wanted -= set(start)
+            if start and wanted:
+                profiles.append(profile)
+                histories.append(start)
+                liked.append(wanted)
+        chosen = np.arange(len(profiles))
+        if users is not None and users < len(chosen):
+            chosen = np.sort(np.random.default_rng(seed).choice(chosen, users, replace=False))
+        return cls([profiles[i] for i in chosen], [histories[i] for i in chosen], [liked[i] for i in chosen])
+
+    def __len__(self) -> int:
+        return len(self.profiles)
+
+
+def _future_rows(export: ExportFolder, path: str) -> dict[str, list[int]]:
+    """user_id -> catalog rows of that user's future items (items outside the catalog are dropped)."""
+    frame = read_table(path)
+    require_columns(frame, ["user_id", "item_id"], path)
+    rows = frame["item_id"].astype(str).map(export.item_rows)
+    frame = frame.assign(user_id=frame["user_id"].astype(str), row=rows)[rows.notna()]
+    return frame.groupby("user_id")["row"].apply(lambda r: r.astype(int).tolist()).to_dict()
+
+
+def examination(k: int) -> np.ndarray:
+    """(k,) probability that a user looks at each position (the DCG discount)."""
+    return 1.0 / np.log2(np.arange(k) + 2.0)
+
+
+@dataclass
+class RoundLog:
+    request_ids: list[str]
+    shown: np.ndarray  # (U, k) item rows
+    clicks: np.ndarray  # (U,) clicks per user
+
+
+def serve_round(recommender: Recommender, users: SimulatedUsers, k: int, seed: int, update: bool = True) -> RoundLog:
+    """Serves every user one slate, draws clicks, logs them as feedback and (if ``update``) moves clicks to history."""
+    item_ids = recommender.export.items["item_id"].astype(str).to_numpy()
+    rows_of = recommender.export.item_rows
+    requests = [RecommendRequest(text=p, recent_item_ids=item_ids[h].tolist(), k=k, seed=seed * 1_000_003 + u)
+                for u, (p, h) in enumerate(zip(users.profiles, users.histories))]
+    recommender.warm_cache(requests)
+    rng, looks = np.random.default_rng(seed), examination(k)
+    shown, clicks, request_ids = np.full((len(users), k), -1), np.zeros(len(users)), []
+    for u, request in enumerate(requests):
+        response = recommender.recommend(request)
+        request_ids.append(response["request_id"])
+        rows = [rows_of[item["item_id"]] for item in response["items"]]
+        shown[u, : len(rows)] = rows
+        for position, row in enumerate(rows):
+            if row in users.liked[u] and rng.random() < looks[position]:
+                clicks[u] += 1
+                if recommender.log is not None:
+                    recommender.feedback(response["request_id"], item_ids[row], 1.0)
+                if update:
+                    users.liked[u].discard(row)
+                    users.histories[u].append(row)
+    return RoundLog(request_ids, shown, clicks)
+
+
+def run_policy(export: ExportFolder, users: SimulatedUsers, serving: ServingConfig, rounds: int, k: int,
+               seed: int = 0, log_dir: str | None = None) -> dict:
+    """Runs ``rounds`` rounds of one policy from the same starting users; returns per-round clicks and metrics."""
+    users = copy.deepcopy(users)
+    recommender = Recommender(export, serving, log=PropensityLog(log_dir) if log_dir else None)
+    logs = [serve_round(recommender, users, k, seed + r) for r in range(rounds)]
+    if recommender.log is not None:
+        recommender.log.close()
+    shown = np.concatenate([log.shown for log in logs])
+    clicks_per_round = np.array([log.clicks.mean() for log in logs])
+    return {"clicks_per_round": clicks_per_round.tolist(), "cumulative_clicks": float(clicks_per_round.sum()),
+            "coverage": catalog_coverage(shown, len(export.items)),
+            "novelty": novelty(shown, export.item_popularity),
+            "diversity": intra_list_diversity(shown, export.vectors)}
+
+
+def true_values(log_dir: str, liked: dict[str, set[int]], targets: dict[str, ExplorationConfig], k: int,
+                samples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Expected clicks per slate of each target policy on the logged requests, from the click model itself.
+
+    ``liked`` maps each logged request id to the rows its user liked when it was served.
+    """
+    rng, looks = np.random.default_rng(seed), examination(k)
+    impressions = read_impressions(log_dir)
+    out = {}
+    for name, target in targets.items():
+        total = 0.0
+        for request_id, rows, scores, history in impressions[["request_id", "candidate_rows", "candidate_scores",
+                                                              "history_length"]].itertuples(index=False):
+            temperature = target.user_temperature(int(history))
+            marginals = position_marginals(np.asarray(scores), k, target, temperature, rng, samples)
+            relevant = np.isin(np.asarray(rows), list(liked[request_id]))
+            total += float(looks @ marginals[:, relevant].sum(axis=1))
+        out[name] = total / len(impressions)
+    return out
