@@ -78,3 +78,49 @@ def test_a_policy_run_improves_clicks_coverage_and_logs_every_slate(flat_export,
     logged = LoggedSlates.from_log(tmp_path)
     assert logged.picks.shape == (3 * 8, 3) and logged.rewards.sum() == pytest.approx(result["cumulative_clicks"] * 8)
     assert all(len(h) == 3 for h in users.histories)  # the caller's users are not modified
+
+
+def test_users_like_their_future_interactions_when_a_future_table_is_given(flat_export, tmp_path):
+    import pandas as pd
+
+    future = tmp_path / "future.csv"
+    pd.DataFrame({"user_id": ["u0", "u0", "u0", "u5"], "item_id": ["i11", "nope", "i0", "i7"]}).to_csv(future,
+                                                                                                      index=False)
+    export = ExportFolder.load(flat_export)
+    users = SimulatedUsers.from_export(export, future=str(future))
+    rows = export.item_rows
+    assert len(users) == 1  # u5 already had i7; others have no future
+    assert users.histories[0] == export.split.history(0, "all").tolist() and users.liked[0] == {rows["i11"]}
+
+
+def test_split_by_time_keeps_each_users_earliest_interactions(tmp_path):
+    import sys
+
+    import pandas as pd
+    from conftest import write_tiny_dataset
+
+    sys.path.insert(0, "scripts")
+    import split_by_time
+
+    paths = write_tiny_dataset(tmp_path / "data")
+    split_by_time.main(paths["interactions"], str(tmp_path / "split"), fraction=0.5)
+    past, future = pd.read_csv(tmp_path / "split/past.csv"), pd.read_csv(tmp_path / "split/future.csv")
+    assert len(past) == len(future) == 24
+    assert past.groupby("user_id")["timestamp"].max().lt(future.groupby("user_id")["timestamp"].min()).all()
+    with pytest.raises(ValueError, match="fraction"):
+        split_by_time.main(paths["interactions"], str(tmp_path / "bad"), fraction=1.5)
+
+
+def test_ope_script_prints_and_writes_every_target(logged_round, tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, "scripts")
+    import ope
+
+    ope.main(str(logged_round[0]), targets=[TARGETS["greedy"], TARGETS["tau 0.2"]], samples=100, bootstrap=50,
+             json_out=str(tmp_path / "ope.json"))
+    import json
+
+    written = json.loads((tmp_path / "ope.json").read_text())
+    assert [t["target"] for t in written["targets"]] == ["greedy", "tau 0.2"]
+    assert "SNIPS" in capsys.readouterr().out
