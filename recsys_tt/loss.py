@@ -74,11 +74,17 @@ class LossConfig:
     max_temperature: float = 1.0
     logq_correction: bool = True
     """Subtract log item frequency (from training data) from every logit."""
+    memory_size: int = 0
+    """Cross-batch memory: the item vectors of recent batches (detached) join the negatives, up to this many
+    columns, each with the logQ of the batch it came from; 0 turns it off. The memory is not checkpointed: a
+    resumed run starts with an empty one."""
 
     def __post_init__(self) -> None:
         if not 0 < self.min_temperature <= self.temperature <= self.max_temperature:
             raise ValueError("Need 0 < min_temperature <= temperature <= max_temperature; got "
                              f"{self.min_temperature}, {self.temperature}, {self.max_temperature}.")
+        if self.memory_size < 0:
+            raise ValueError(f"memory_size must be >= 0, got {self.memory_size}.")
 
 
 class InBatchSoftmax(nn.Module):
@@ -90,6 +96,7 @@ class InBatchSoftmax(nn.Module):
         log_t = torch.tensor(math.log(config.temperature))
         self.log_temperature = nn.Parameter(log_t, requires_grad=config.learn_temperature)
         self.register_buffer("item_probs", torch.full((num_items,), 1.0 / num_items), persistent=False)
+        self.memory: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (vectors, ids, logq), newest first
 
     def set_item_counts(self, counts: torch.Tensor) -> None:
         """Sets item probabilities from training counts (N,); add-one smoothing keeps unseen items possible."""
@@ -116,5 +123,21 @@ class InBatchSoftmax(nn.Module):
         rows = len(positive)
         item, positive, items = gather_items(item, positive, items)
         draws = rows * (dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1)
-        logq = self.column_logq(items, draws) if self.config.logq_correction else None
-        return sampled_softmax_loss(user, item, positive, self.temperature, logq=logq, item_ids=items)
+        logq = self.column_logq(items, draws) if self.config.logq_correction else torch.zeros(len(items),
+                                                                                                device=item.device)
+        columns, ids, column_logq = item, items, logq
+        if self.memory is not None and self.training:
+            columns = torch.cat([item, self.memory[0].to(item.dtype)])
+            ids, column_logq = torch.cat([items, self.memory[1]]), torch.cat([logq, self.memory[2]])
+        loss = sampled_softmax_loss(user, columns, positive, self.temperature, logq=column_logq, item_ids=ids)
+        if self.config.memory_size and self.training:
+            self._remember(item.detach(), items, logq)
+        return loss
+
+    def _remember(self, item: torch.Tensor, items: torch.Tensor, logq: torch.Tensor) -> None:
+        """Puts this batch's columns (padding dropped) in front of the memory and keeps the newest memory_size."""
+        keep = items >= 0
+        entries = (item[keep], items[keep], logq[keep])
+        if self.memory is not None:
+            entries = tuple(torch.cat([new, old]) for new, old in zip(entries, self.memory))
+        self.memory = tuple(t[: self.config.memory_size] for t in entries)

@@ -102,3 +102,42 @@ def test_column_logq_is_the_inclusion_probability_of_deduplicated_columns():
     logq = module.column_logq(torch.tensor([0, 1, -1]), draws=100)
     assert logq[0].item() == pytest.approx(0.0, abs=1e-6)  # always present: no correction
     assert logq[1].item() == pytest.approx(math.log(100 * 1e-6), rel=1e-3)  # rare: log(draws * q)
+
+
+def _memory_loss(size: int) -> InBatchSoftmax:
+    module = InBatchSoftmax(LossConfig(temperature=0.1, memory_size=size, learn_temperature=False), num_items=20)
+    module.set_item_counts(torch.arange(20))
+    return module
+
+
+def test_without_memory_the_loss_is_the_plain_in_batch_loss():
+    module = _memory_loss(0)
+    user, item, items = _vectors(3), _vectors(3, seed=1), torch.tensor([4, 5, 6])
+    positive = torch.tensor([0, 1, 2])
+    plain = sampled_softmax_loss(user, item, positive, torch.tensor(0.1), logq=module.column_logq(items, 3),
+                                 item_ids=items)
+    for _ in range(2):  # a second batch sees no memory either
+        assert torch.allclose(module(user, item, positive, items), plain)
+    assert module.memory is None
+
+
+def test_cross_batch_memory_adds_earlier_columns_with_their_logq_and_masks_their_hits():
+    module = _memory_loss(4)
+    first_item, first_ids = _vectors(3, seed=1), torch.tensor([4, 5, 6])
+    module(_vectors(3), first_item, torch.tensor([0, 1, 2]), first_ids)
+    first_logq = module.column_logq(first_ids, 3)
+    user, item, items, positive = _vectors(2, seed=2), _vectors(2, seed=3), torch.tensor([6, 7]), torch.tensor([0, 1])
+    got = module(user, item, positive, items)
+    columns = torch.cat([item, first_item])
+    logq = torch.cat([module.column_logq(items, 2), first_logq])
+    masked = {(0, 4)}  # row 0's positive is item 6, which the memory holds in column 2 + 2
+    assert math.isclose(float(got), _reference(user, columns, positive, 0.1, logq, masked), rel_tol=1e-5)
+    assert module.memory[1].tolist() == [6, 7, 4, 5]  # newest first, capped at 4
+    module.eval()
+    assert torch.allclose(module(user, item, positive, items), sampled_softmax_loss(
+        user, item, positive, torch.tensor(0.1), logq=module.column_logq(items, 2), item_ids=items))
+
+
+def test_negative_memory_size_is_refused():
+    with pytest.raises(ValueError, match="memory_size"):
+        LossConfig(memory_size=-1)

@@ -33,9 +33,13 @@ def _trainable(cli) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in cli.model.named_parameters() if v.requires_grad}
 
 
-@pytest.mark.parametrize("user_input", ["item_vectors", "text"])
-def test_fit_then_test_reports_full_ranking_metrics(tmp_path, tiny_dataset, tiny_bert, user_input):
-    cli = main(_args(tmp_path, tiny_dataset, tiny_bert, 4, "--model.tower.user_input", user_input))
+@pytest.mark.parametrize("user_input, memory", [("item_vectors", 0), ("text", 0), ("item_vectors", 16)])
+def test_fit_then_test_reports_full_ranking_metrics(tmp_path, tiny_dataset, tiny_bert, user_input, memory):
+    cli = main(_args(tmp_path, tiny_dataset, tiny_bert, 4, "--model.tower.user_input", user_input,
+                     "--model.loss.memory_size", str(memory)))
+    assert (cli.model.loss.memory is None) == (memory == 0)
+    if memory:
+        assert len(cli.model.loss.memory[1]) == memory  # filled by earlier batches, capped
     metrics = cli.trainer.callback_metrics
     for name in ("test/ndcg@10", "test/recall@20", "test/mrr@10"):
         assert 0.0 <= float(metrics[name]) <= 1.0, name
