@@ -37,6 +37,7 @@ class LoggedSlates:
     propensities: np.ndarray  # (n, k) logging policy's P(item at position)
     rewards: np.ndarray  # (n, k)
     history_length: np.ndarray  # (n,) for adaptive temperatures
+    logging_policy: list[ExplorationConfig]  # per slate: the settings that served it (its actual temperature)
 
     @classmethod
     def from_log(cls, folder: str | Path) -> LoggedSlates:
@@ -52,9 +53,23 @@ class LoggedSlates:
             index=False)}
         picks = [[list(c).index(row) for row in s] for c, s in zip(log["candidate_rows"], log["slate_rows"])]
         reward = [[rewards.get((r, str(i)), 0.0) for i in s] for r, s in zip(log["request_id"], log["slate"])]
+        policies = [ExplorationConfig(temperature=t, head=h, epsilon=e)
+                    for t, h, e in log[["temperature", "head", "epsilon"]].itertuples(index=False)]
         return cls([np.asarray(s, dtype=np.float64) for s in log["candidate_scores"]], np.asarray(picks),
                    np.asarray(log["position_propensities"].tolist()), np.asarray(reward),
-                   log["history_length"].to_numpy())
+                   log["history_length"].to_numpy(), policies)
+
+    def recomputed_propensities(self, samples: int, rng: np.random.Generator) -> np.ndarray:
+        """(n, k) logging propensities re-estimated offline from ``samples`` draws of the logged settings.
+
+        The server estimates them from a few hundred draws to stay fast; 1 / propensity is convex, so that noise
+        biases inverse-propensity weights of rarely shown items, and more draws shrink the bias.
+        """
+        n, k = self.picks.shape
+        out = np.empty((n, k))
+        for i, (scores, picks, policy) in enumerate(zip(self.scores, self.picks, self.logging_policy)):
+            out[i] = position_marginals(scores, k, policy, policy.temperature, rng, samples)[np.arange(k), picks]
+        return np.maximum(out, 1.0 / (samples + 1))  # the logged slate itself was one draw
 
 
 def position_marginals(scores: np.ndarray, k: int, config: ExplorationConfig, temperature: float,
@@ -90,9 +105,13 @@ def _reward(weights: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 
 def evaluate_target(logged: LoggedSlates, target: ExplorationConfig, samples: int = 500, bootstrap: int = 500,
-                    seed: int = 0) -> dict:
-    """Estimates (value, 95% interval) of a target policy by every estimator, plus effective sample sizes."""
+                    seed: int = 0, logging_propensities: np.ndarray | None = None) -> dict:
+    """Estimates (value, 95% interval) of a target policy by every estimator, plus effective sample sizes.
+
+    ``logging_propensities`` (n, k) replaces the logged ones, e.g. ``logged.recomputed_propensities(...)``.
+    """
     rng = np.random.default_rng(seed)
+    behaviour = logged.propensities if logging_propensities is None else logging_propensities
     n, k = logged.picks.shape
     weights = fit_reward_model(logged)
     target_prob, direct, modelled = np.empty((n, k)), np.empty(n), np.empty((n, k))
@@ -103,7 +122,7 @@ def evaluate_target(logged: LoggedSlates, target: ExplorationConfig, samples: in
         target_prob[i] = marginals[np.arange(k), picks]
         direct[i] = (marginals * reward).sum()
         modelled[i] = reward[np.arange(k), picks]
-    w = target_prob / logged.propensities
+    w = target_prob / behaviour
     parts = {"IPS": (w * logged.rewards).sum(1), "DM": direct,
              "DR": direct + (w * (logged.rewards - modelled)).sum(1)}
     resamples = rng.integers(0, n, size=(bootstrap, n))
