@@ -46,7 +46,8 @@ def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, positive: torch
 def gather_items(item: torch.Tensor, positive: torch.Tensor, items: torch.Tensor):
     """All-gathers item columns across DDP ranks (with gradients) and shifts positives to global columns.
 
-    Ranks may hold different numbers of columns: each pads to the largest with id -1 (masked in the loss).
+    Ranks may hold different numbers of columns: each pads to the largest with id -1 (masked in the loss); then
+    columns are de-duplicated.
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return item, positive, items
@@ -60,7 +61,20 @@ def gather_items(item: torch.Tensor, positive: torch.Tensor, items: torch.Tensor
     items = F.pad(items, (0, pad), value=-1)
     parts = [torch.empty_like(items) for _ in range(world)]
     dist.all_gather(parts, items)
-    return torch.cat(all_gather(item), dim=0), positive + dist.get_rank() * item.shape[0], torch.cat(parts)
+    return deduplicate_columns(torch.cat(all_gather(item), dim=0), positive + dist.get_rank() * item.shape[0],
+                               torch.cat(parts))
+
+
+def deduplicate_columns(item: torch.Tensor, positive: torch.Tensor, items: torch.Tensor):
+    """Keeps one column per item id (ascending ids, as one process's batch has them) and remaps the positives.
+
+    Ranks encode the items of their own rows, so an item in two ranks' rows arrives twice; one column each keeps
+    the softmax (and its logQ, the probability of being among de-duplicated columns) that of one big batch.
+    """
+    ids, inverse = torch.unique(items, return_inverse=True)
+    first = torch.full((len(ids),), len(items), device=items.device).scatter_reduce(
+        0, inverse, torch.arange(len(items), device=items.device), reduce="amin")
+    return item[first], inverse[positive], ids
 
 
 @dataclass
