@@ -6,7 +6,8 @@
 With no backbone it builds a decoder of Qwen2.5-0.5B's shape (24 layers, width 896, grouped-query attention) with
 random weights and the given tokenizer, so it runs on a machine that cannot download; speed and memory are those
 of the real shape (apart from the smaller vocabulary), the metrics mean nothing. Steps run through train.py with
-configs/ml100k_qwen_gpu.yaml on one device, so the check covers the config users launch. The export uses GPU FAISS
+configs/ml100k_qwen_gpu.yaml (DDP) or --config configs/ml100k_qwen_fsdp.yaml on one device, with the config's
+strategy, so the check covers what users launch. The export uses GPU FAISS
 when faiss-gpu is installed. A few minutes on one GPU; prints a table and writes gpu_check.json under --out.
 """
 
@@ -66,7 +67,7 @@ def _train(args: list[str], accelerator: str, steps: int, warmup: int, out: Path
     """Runs ``warmup + steps`` steps of train.py fit, times them, then the full test; returns (numbers, ckpt)."""
     timer = json.dumps({"class_path": "recsys_tt.step_timer.StepTimer", "init_args": {"warmup": warmup}})
     cli = train.main(["fit", *args, "--test_after_fit", "false",
-                      "--trainer.accelerator", accelerator, "--trainer.devices", "1", "--trainer.strategy", "auto",
+                      "--trainer.accelerator", accelerator, "--trainer.devices", "1",
                       "--trainer.max_steps", str(warmup + steps), "--trainer.limit_val_batches", "0",
                       "--trainer.logger.init_args.save_dir", str(out), f"--trainer.callbacks+={timer}"])
     numbers = next(c for c in cli.trainer.callbacks if isinstance(c, StepTimer)).report()
