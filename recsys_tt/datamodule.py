@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -13,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from recsys_tt.batches import StepBatches, UserFeatures, pad_rows, training_examples, training_windows
 from recsys_tt.data import InteractionData, LeaveOneOut, load_interaction_data
-from recsys_tt.movielens import ensure_movielens_100k
+from recsys_tt.movielens import default_cache_dir, ensure_movielens_100k
 from recsys_tt.text import TextTemplates, render_table, tokenize_table
 from recsys_tt.towers import DEFAULT_BACKBONE, load_tokenizer
 
@@ -107,7 +108,8 @@ class RecDataModule(pl.LightningDataModule):
 
     @functools.cached_property
     def item_tokens(self) -> dict[str, torch.Tensor]:
-        return tokenize_table(self.tokenizer, self.item_texts, self.hparams.max_item_tokens)
+        cache = Path(self.hparams.cache_dir or default_cache_dir()) / "tokens"
+        return tokenize_table(self.tokenizer, self.item_texts, self.hparams.max_item_tokens, cache)
 
     @functools.cached_property
     def user_features(self) -> UserFeatures:

@@ -18,6 +18,12 @@ def search_excluding(index, queries: np.ndarray, k: int,
         raise ValueError(f"k must be in 1..{total} (the catalog size), got {k}.")
     depth = min(total, k + max((len(e) for e in exclude), default=0))
     scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
+    if len(queries) == 1:  # serving's case: a set over ~k results costs less than a dozen small array calls
+        banned = set(np.asarray(exclude[0]).tolist())
+        kept = [i for i, row in enumerate(rows[0].tolist()) if row >= 0 and row not in banned][:k]
+        out_rows, out_scores = np.full((1, k), -1, dtype=rows.dtype), np.full((1, k), -np.inf, dtype=np.float32)
+        out_rows[0, : len(kept)], out_scores[0, : len(kept)] = rows[0, kept], scores[0, kept]
+        return out_rows, out_scores
     # Vectorised membership test: encode (query, row) pairs as single integers on both sides.
     offsets = np.arange(len(queries), dtype=np.int64) * (total + 1)
     banned = np.concatenate([np.asarray(e, dtype=np.int64) + o for e, o in zip(exclude, offsets)] or [[]])

@@ -6,11 +6,14 @@ A missing value renders as an empty string; a column the table does not have is 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -75,13 +78,24 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> dict[str, torc
     return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
 
 
-def tokenize_table(tokenizer, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
-    """Tokenises a whole table once with ``datasets.map`` and returns (N, L) tensors padded to its longest row."""
+def tokenize_table(tokenizer, texts: Sequence[str], max_length: int,
+                   cache_dir: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """Tokenises a whole table once with ``datasets.map`` and returns (N, L) tensors padded to its longest row.
+
+    With ``cache_dir`` the tokens are kept in an Arrow file named by a hash of the tokenizer, length and texts,
+    so a later run on the same catalog reads them instead of tokenising again.
+    """
     import datasets
 
-    table = datasets.Dataset.from_dict({"text": list(texts)})
+    texts = list(texts)
+    table = datasets.Dataset.from_dict({"text": texts})
+    cache_file = None
+    if cache_dir is not None:
+        key = json.dumps([tokenizer.name_or_path, len(tokenizer), max_length, texts]).encode()
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        cache_file = str(Path(cache_dir) / f"tokens-{hashlib.sha256(key).hexdigest()[:32]}.arrow")
     table = table.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True,
-                      remove_columns=["text"])
+                      remove_columns=["text"], cache_file_name=cache_file, load_from_cache_file=cache_file is not None)
     ids = [torch.tensor(x) for x in table["input_ids"]]
     pad = tokenizer.pad_token_id
     input_ids = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=pad)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -89,6 +90,7 @@ def main(export: str = "exports/ml100k", future: str | None = None, rounds: int 
     """
     logging.basicConfig(level=logging.WARNING)
     root = Path(out)
+    shutil.rmtree(root / "logs", ignore_errors=True)  # logs of an earlier run would mix with this run's
     root.mkdir(parents=True, exist_ok=True)
     folder = ExportFolder.load(export)
     start = SimulatedUsers.from_export(folder, start_fraction, users, seed, future)

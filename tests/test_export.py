@@ -41,6 +41,10 @@ def test_flat_search_is_exact_and_never_returns_seen_items(flat_export):
         kth_best = np.sort(allowed)[::-1][3]
         assert np.all(brute[q, row] >= kth_best - 1e-5)  # tie-aware: anything scored like the k-th may stand in
         assert np.allclose(scores[q], brute[q, row], atol=1e-5)
+        one_rows, one_scores = search_excluding(export.index, queries[q: q + 1], 4, seen[q: q + 1])
+        assert one_rows[0].tolist() == row.tolist() and np.array_equal(one_scores[0], scores[q])  # single-query path
+    few_rows, few_scores = search_excluding(export.index, queries[:1], 12, [np.arange(10)])  # 2 items left
+    assert few_rows[0].tolist()[2:] == [-1] * 10 and np.isinf(few_scores[0, 2:]).all()
 
 
 def test_offline_scoring_reproduces_the_training_test_metrics(flat_export, trained, tmp_path):

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import torch
 
 from recsys_tt.data import DataError
 from recsys_tt.text import TextTemplates, render_table, tokenize_table, trim, user_text
+from recsys_tt.towers import load_tokenizer
 
 
 def test_item_template_renders_fields_and_blank_missing_values():
@@ -36,10 +38,34 @@ def test_negative_recent_items_is_refused():
 
 
 def test_table_tokens_are_right_padded_and_trim_drops_unused_columns(tiny_bert):
-    from recsys_tt.towers import load_tokenizer
-
     tokens = tokenize_table(load_tokenizer(tiny_bert), ["a", "a much much longer title here"], max_length=6)
     assert tokens["input_ids"].shape == (2, 6)  # cut to the budget
     assert tokens["attention_mask"][0].tolist() == [1, 1, 1, 0, 0, 0]
     short = trim({k: v[:1] for k, v in tokens.items()})
     assert short["input_ids"].shape == (1, 3)
+
+
+def test_tokenised_tables_are_cached_on_disk_by_content(tiny_bert, tmp_path):
+    class Counting:
+        """The tiny BERT's tokenizer, counting how often it is called."""
+
+        def __init__(self, tokenizer) -> None:
+            self.tokenizer, self.calls = tokenizer, 0
+            self.name_or_path, self.pad_token_id = tokenizer.name_or_path, tokenizer.pad_token_id
+
+        def __len__(self) -> int:
+            return len(self.tokenizer)
+
+        def __call__(self, *args, **kwargs):
+            self.calls += 1
+            return self.tokenizer(*args, **kwargs)
+
+    tokenizer = Counting(load_tokenizer(tiny_bert))
+    texts = ["first movie", "a second, longer movie title"]
+    first = tokenize_table(tokenizer, texts, 8, cache_dir=tmp_path)
+    calls = tokenizer.calls
+    again = tokenize_table(tokenizer, texts, 8, cache_dir=tmp_path)
+    assert calls > 0 and tokenizer.calls == calls  # read from the cache, not tokenised again
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    tokenize_table(tokenizer, texts, 6, cache_dir=tmp_path)  # another length: another file
+    assert len(list(tmp_path.glob("tokens-*.arrow"))) == 2 and tokenizer.calls > calls
