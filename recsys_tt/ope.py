@@ -11,7 +11,8 @@ a slate. For a target exploration setting, applied to the same logged candidates
 - DR:    DM + sum_j w_j (r_j - q(item_j, j)).
 
 Target per-position probabilities are estimated by drawing slates from the target policy (an unbiased estimate,
-and IPS is linear in it); logging probabilities are the ones the server logged. Intervals are percentile
+and IPS is linear in it); inverse logging probabilities are either the inverse of the logged estimates or
+re-estimated without bias by ``LoggedSlates.inverse_propensities``. Intervals are percentile
 bootstraps over slates; the effective sample size per position is (sum w)^2 / sum w^2.
 """
 
@@ -59,17 +60,26 @@ class LoggedSlates:
                    np.asarray(log["position_propensities"].tolist()), np.asarray(reward),
                    log["history_length"].to_numpy(), policies)
 
-    def recomputed_propensities(self, samples: int, rng: np.random.Generator) -> np.ndarray:
-        """(n, k) logging propensities re-estimated offline from ``samples`` draws of the logged settings.
+    def inverse_propensities(self, rng: np.random.Generator, chunk: int = 1000,
+                             max_draws: int = 100_000) -> np.ndarray:
+        """(n, k) unbiased estimates of 1 / P_logging(item at its position), recomputed from the logged settings.
 
-        The server estimates them from a few hundred draws to stay fast; 1 / propensity is convex, so that noise
-        biases inverse-propensity weights of rarely shown items, and more draws shrink the bias.
+        Slates are drawn from each logged request's policy until every logged item has turned up at its
+        position; the number of draws that takes is geometric with mean exactly 1 / p. The server's logged
+        propensities come from a few hundred draws, and 1 / estimate is biased upwards (1/p is convex), most for
+        rarely shown items; this estimate is not (up to ``max_draws``, where it is cut off).
         """
         n, k = self.picks.shape
         out = np.empty((n, k))
         for i, (scores, picks, policy) in enumerate(zip(self.scores, self.picks, self.logging_policy)):
-            out[i] = position_marginals(scores, k, policy, policy.temperature, rng, samples)[np.arange(k), picks]
-        return np.maximum(out, 1.0 / (samples + 1))  # the logged slate itself was one draw
+            first, drawn = np.zeros(k), 0
+            while not first.all() and drawn < max_draws:
+                hits = sample_slates(scores, k, policy.temperature, policy.head, policy.epsilon, rng, chunk) == picks
+                found = hits.any(axis=0) & (first == 0)
+                first[found] = drawn + hits[:, found].argmax(axis=0) + 1
+                drawn += chunk
+            out[i] = np.where(first > 0, first, max_draws)
+        return out
 
 
 def position_marginals(scores: np.ndarray, k: int, config: ExplorationConfig, temperature: float,
@@ -105,13 +115,14 @@ def _reward(weights: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 
 def evaluate_target(logged: LoggedSlates, target: ExplorationConfig, samples: int = 500, bootstrap: int = 500,
-                    seed: int = 0, logging_propensities: np.ndarray | None = None) -> dict:
+                    seed: int = 0, inverse_logging: np.ndarray | None = None) -> dict:
     """Estimates (value, 95% interval) of a target policy by every estimator, plus effective sample sizes.
 
-    ``logging_propensities`` (n, k) replaces the logged ones, e.g. ``logged.recomputed_propensities(...)``.
+    ``inverse_logging`` (n, k) estimates 1 / logging propensity, e.g. ``logged.inverse_propensities(...)``;
+    by default the inverse of the logged propensities.
     """
     rng = np.random.default_rng(seed)
-    behaviour = logged.propensities if logging_propensities is None else logging_propensities
+    inverse = 1.0 / logged.propensities if inverse_logging is None else inverse_logging
     n, k = logged.picks.shape
     weights = fit_reward_model(logged)
     target_prob, direct, modelled = np.empty((n, k)), np.empty(n), np.empty((n, k))
@@ -122,7 +133,7 @@ def evaluate_target(logged: LoggedSlates, target: ExplorationConfig, samples: in
         target_prob[i] = marginals[np.arange(k), picks]
         direct[i] = (marginals * reward).sum()
         modelled[i] = reward[np.arange(k), picks]
-    w = target_prob / behaviour
+    w = target_prob * inverse
     parts = {"IPS": (w * logged.rewards).sum(1), "DM": direct,
              "DR": direct + (w * (logged.rewards - modelled)).sum(1)}
     resamples = rng.integers(0, n, size=(bootstrap, n))

@@ -42,15 +42,15 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main(log_dir: str, targets: list[ExplorationConfig] | None = None, samples: int = 500,
-         logging_samples: int = 5000, bootstrap: int = 500, seed: int = 0, json_out: str | None = None) -> None:
+         reestimate_logging: bool = True, bootstrap: int = 500, seed: int = 0, json_out: str | None = None) -> None:
     """Estimate the expected clicks per slate of target exploration settings from logged slates and rewards.
 
     Args:
         log_dir: the propensity log folder of serve.py (impressions-*.jsonl, feedback-*.jsonl).
         targets: exploration settings to evaluate (default: greedy and temperatures 0.02, 0.05, 0.1).
         samples: slates drawn per logged request to estimate a target's per-position probabilities.
-        logging_samples: draws per logged request to re-estimate the logging propensities offline (more exact
-            than the server's few hundred); 0 uses the logged ones.
+        reestimate_logging: re-estimate 1 / logging propensity without bias from the logged settings (slower);
+            false uses the inverse of the server's logged estimates, which overweights rarely shown items.
         bootstrap: bootstrap resamples for the intervals.
         seed: seeds the draws and the bootstrap.
         json_out: also write the results to this JSON file.
@@ -59,10 +59,9 @@ def main(log_dir: str, targets: list[ExplorationConfig] | None = None, samples: 
     on_policy = float(logged.rewards.sum(1).mean())
     print(f"{len(logged.picks)} slates of {logged.picks.shape[1]}; logging policy's mean reward per slate "
           f"{on_policy:.4f}")
-    behaviour = logged.recomputed_propensities(logging_samples, np.random.default_rng(seed)) if logging_samples \
-        else None
+    inverse = logged.inverse_propensities(np.random.default_rng(seed)) if reestimate_logging else None
     rows = [{"target": describe(t), "settings": asdict(t),
-             **evaluate_target(logged, t, samples, bootstrap, seed, behaviour)} for t in targets or DEFAULT_TARGETS]
+             **evaluate_target(logged, t, samples, bootstrap, seed, inverse)} for t in targets or DEFAULT_TARGETS]
     print_table(rows)
     if json_out:
         Path(json_out).write_text(json.dumps({"logging_reward_per_slate": on_policy, "targets": rows}, indent=2))

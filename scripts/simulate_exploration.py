@@ -48,7 +48,7 @@ CHECKED = ("IPS", "SNIPS", "DR")
 
 
 def _check_ope(export: ExportFolder, users: SimulatedUsers, k: int, replications: int, samples: int,
-               logging_samples: int, out: Path) -> list[dict]:
+               out: Path) -> list[dict]:
     """Logs the first round ``replications`` times with LOGGING, then estimates every policy from that log."""
     folder = out / "logs" / "ope_logging_policy"
     serving = ServingConfig(exploration=ExplorationConfig(**(asdict(LOGGING) | {"propensity_samples": samples})))
@@ -59,10 +59,10 @@ def _check_ope(export: ExportFolder, users: SimulatedUsers, k: int, replications
         liked |= {request: set(users.liked[u]) for u, request in enumerate(log.request_ids)}
     recommender.log.close()
     logged, rows = LoggedSlates.from_log(folder), []
-    behaviour = logged.recomputed_propensities(logging_samples, np.random.default_rng(0))
+    inverse = logged.inverse_propensities(np.random.default_rng(0))
     for name, policy in POLICIES.items():
         truth = true_values(str(folder), liked, {name: policy}, k, samples=samples)[name]
-        estimates = evaluate_target(logged, policy, samples=samples, bootstrap=300, logging_propensities=behaviour)
+        estimates = evaluate_target(logged, policy, samples=samples, bootstrap=300, inverse_logging=inverse)
         rows.append({"policy": name, "true": truth, **estimates,
                      "covered": {e: estimates[e]["low"] <= truth <= estimates[e]["high"] for e in CHECKED}})
     return rows
@@ -70,8 +70,7 @@ def _check_ope(export: ExportFolder, users: SimulatedUsers, k: int, replications
 
 def main(export: str = "exports/ml100k", future: str | None = None, rounds: int = 10, k: int = 10,
          users: int | None = None, start_fraction: float = 0.5, ope_replications: int = 3,
-         propensity_samples: int = 300, logging_samples: int = 5000, seed: int = 0,
-         out: str = "runs/exploration") -> None:
+         propensity_samples: int = 300, seed: int = 0, out: str = "runs/exploration") -> None:
     """Run every policy for ``rounds`` rounds and check OPE against the simulator.
 
     Args:
@@ -84,7 +83,6 @@ def main(export: str = "exports/ml100k", future: str | None = None, rounds: int 
         start_fraction: share of each user's real history they start with; they like the rest.
         ope_replications: times the first round is logged for the OPE check (0 skips it).
         propensity_samples: draws per slate for per-position propensities (served and target policies).
-        logging_samples: draws per logged slate when OPE re-estimates the logging propensities.
         seed: seeds users, slates and clicks.
         out: output folder.
     """
@@ -109,8 +107,7 @@ def main(export: str = "exports/ml100k", future: str | None = None, rounds: int 
     for name, r in results.items():
         print(f"{name:<24} {r['cumulative_clicks']:>11.3f} {r['clicks_per_round'][0]:>8.3f} {r['coverage']:>9.3f} "
               f"{r['novelty']:>8.2f} {r['diversity']:>9.3f}")
-    ope = (_check_ope(folder, start, k, ope_replications, propensity_samples, logging_samples, root)
-           if ope_replications else [])
+    ope = _check_ope(folder, start, k, ope_replications, propensity_samples, root) if ope_replications else []
     if ope:
         print(f"\nOPE from the first round logged by {LOGGING} ({ope[0]['slates']} slates); expected clicks per slate")
         print(f"{'policy':<24} {'true':>7} {'IPS':>22} {'SNIPS':>22} {'DR':>22} {'ESS min':>8}")

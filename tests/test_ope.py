@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys_tt.explore import ExplorationConfig
+from recsys_tt.explore import ExplorationConfig, pick_probabilities
 from recsys_tt.export import ExportFolder
 from recsys_tt.ope import LoggedSlates, evaluate_target, fit_reward_model
 from recsys_tt.propensity_log import PropensityLog
@@ -42,15 +42,34 @@ def test_simulated_users_start_with_part_of_their_history_and_like_the_rest(flat
         SimulatedUsers.from_export(export, start_fraction=1.0)
 
 
+@pytest.fixture(scope="module")
+def inverse_logging(logged_round) -> np.ndarray:
+    return LoggedSlates.from_log(logged_round[0]).inverse_propensities(np.random.default_rng(0))
+
+
 @pytest.mark.parametrize("target", list(TARGETS))
-def test_off_policy_estimates_contain_the_true_value_of_each_target(logged_round, target):
+@pytest.mark.parametrize("reestimated", [False, True])
+def test_off_policy_estimates_contain_the_true_value_of_each_target(logged_round, inverse_logging, target, reestimated):
     folder, liked = logged_round
     truth = true_values(folder, liked, {target: TARGETS[target]}, k=3)[target]
-    estimates = evaluate_target(LoggedSlates.from_log(folder), TARGETS[target], samples=400, bootstrap=400)
+    estimates = evaluate_target(LoggedSlates.from_log(folder), TARGETS[target], samples=400, bootstrap=400,
+                                inverse_logging=inverse_logging if reestimated else None)
     assert estimates["slates"] == 640 and estimates["ess_min"] > 1
     for name in ("IPS", "SNIPS", "DR"):
         estimate = estimates[name]
         assert estimate["low"] <= truth <= estimate["high"], f"{name} {estimate} misses the true value {truth:.4f}"
+
+
+def test_reestimated_inverse_propensities_are_unbiased():
+    """Geometric draw counts average to 1 / p; p of the first position is the exact first-pick probability."""
+    scores = np.array([0.9, 0.5, 0.4, 0.1])
+    policy = ExplorationConfig(temperature=0.2, epsilon=0.1)
+    picks = np.array([[3, 0]] * 3000)  # the least likely item first, then the best
+    logged = LoggedSlates([scores] * 3000, picks, np.full((3000, 2), 0.5), np.zeros((3000, 2)), np.zeros(3000),
+                          [policy] * 3000)
+    inverse = logged.inverse_propensities(np.random.default_rng(0), chunk=64)
+    exact = 1 / pick_probabilities(scores, np.array([3]), 0.2, 0, 0.1)[0]
+    assert inverse[:, 0].mean() == pytest.approx(exact, rel=0.05) and exact > 20
 
 
 def test_the_logging_policy_evaluates_itself_with_unit_weights(logged_round):
