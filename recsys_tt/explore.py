@@ -129,13 +129,21 @@ def pick_probabilities(scores: np.ndarray, slate: np.ndarray, temperature: float
     return out
 
 
-def position_propensities(slate: np.ndarray, samples: np.ndarray) -> np.ndarray:
-    """(k,) fraction of slates showing ``slate[j]`` at position j, among ``samples`` and the slate itself.
+def is_deterministic(config: ExplorationConfig, temperature: float, k: int) -> bool:
+    """Whether the policy always shows the same slate (greedy with no floor, or a head covering the slate)."""
+    return (temperature == 0 and config.epsilon == 0) or config.head >= k
 
-    The served slate is one more draw of the same policy; counting it keeps every estimate above zero, so
-    inverse-propensity weights stay finite.
-    """
-    return ((samples == slate[None, :]).sum(axis=0) + 1) / (len(samples) + 1)
+
+def position_marginals(scores: np.ndarray, k: int, config: ExplorationConfig, temperature: float,
+                       rng: np.random.Generator, samples: int) -> np.ndarray:
+    """(k, C) probability of each candidate at each position, estimated from ``samples`` draws (exact if the
+    policy is deterministic)."""
+    draws = 1 if is_deterministic(config, temperature, k) else samples
+    slates = sample_slates(scores, k, temperature, config.head, config.epsilon, rng, draws)
+    out = np.zeros((k, len(scores)))
+    for position in range(k):
+        out[position] = np.bincount(slates[:, position], minlength=len(scores)) / draws
+    return out
 
 
 def explore(scores: np.ndarray, k: int, config: ExplorationConfig, temperature: float,
@@ -145,12 +153,10 @@ def explore(scores: np.ndarray, k: int, config: ExplorationConfig, temperature: 
     k = min(k, len(scores))
     slate = sample_slates(scores, k, temperature, config.head, config.epsilon, rng)[0]
     picks = pick_probabilities(scores, slate, temperature, config.head, config.epsilon)
-    deterministic = (temperature == 0 and config.epsilon == 0) or config.head >= k
-    if deterministic:
-        position = np.ones(k)
-    elif config.propensity_samples:
-        samples = sample_slates(scores, k, temperature, config.head, config.epsilon, rng, config.propensity_samples)
-        position = position_propensities(slate, samples)
-    else:
-        position = None
+    position = None
+    if config.propensity_samples or is_deterministic(config, temperature, k):
+        draws = 1 if is_deterministic(config, temperature, k) else config.propensity_samples
+        marginals = position_marginals(scores, k, config, temperature, rng, draws)
+        # The served slate is one more draw of the policy: counting it keeps estimates above zero.
+        position = (marginals[np.arange(k), slate] * draws + 1) / (draws + 1)
     return Slate(slate, picks, position, float(np.prod(picks)), temperature)

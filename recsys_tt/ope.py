@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys_tt.explore import ExplorationConfig, sample_slates
+from recsys_tt.explore import ExplorationConfig, position_marginals, sample_slates
 from recsys_tt.propensity_log import read_feedback, read_impressions
 
 ESTIMATORS = ("IPS", "SNIPS", "DM", "DR")
@@ -80,17 +80,6 @@ class LoggedSlates:
                 drawn += chunk
             out[i] = np.where(first > 0, first, max_draws)
         return out
-
-
-def position_marginals(scores: np.ndarray, k: int, config: ExplorationConfig, temperature: float,
-                       rng: np.random.Generator, samples: int) -> np.ndarray:
-    """(k, C) probability of each candidate at each position under a policy (estimated from ``samples`` draws)."""
-    deterministic = (temperature == 0 and config.epsilon == 0) or config.head >= k
-    slates = sample_slates(scores, k, temperature, config.head, config.epsilon, rng, 1 if deterministic else samples)
-    out = np.zeros((k, len(scores)))
-    for position in range(k):
-        out[position] = np.bincount(slates[:, position], minlength=len(scores)) / len(slates)
-    return out
 
 
 def fit_reward_model(logged: LoggedSlates, ridge: float = 1e-3, iterations: int = 25) -> np.ndarray:

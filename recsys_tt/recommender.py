@@ -116,6 +116,7 @@ class Recommender:
         self._user_rows = {u: i for i, u in enumerate(export.users["user_id"].astype(str))}
         self._item_ids = export.items["item_id"].astype(str).to_numpy()
         self._names = export.items["history_name"].astype(str).to_numpy()
+        self._texts = export.items["text"].astype(str).to_numpy()
         meta = export.meta
         self.model_version = meta["adapter_sha256"][:16]
         self.index_version = f"{meta['factory']}|{meta['num_items']} items|{meta['created_at']}"
@@ -134,7 +135,8 @@ class Recommender:
         self._check(request)
         user = self._user(request)
         vector = self._vector(user)
-        excluded = np.unique(np.concatenate([user.history, self._rows(request.exclude)[0]])).astype(np.int64)
+        excluded_rows, unknown_excluded = self._rows(request.exclude)
+        excluded = np.unique(np.concatenate([user.history, excluded_rows])).astype(np.int64)
         rows, scores = self._candidates(vector, excluded, request.k)
         exploration = self.config.exploration
         temperature = exploration.user_temperature(len(user.history), request.temperature)
@@ -145,15 +147,13 @@ class Recommender:
             "request_id": uuid.uuid4().hex, "user_id": user.user_id, "temperature": temperature, "seed": seed,
             "slate_probability": slate.probability, "model_version": self.model_version,
             "index_version": self.index_version,
-            "items": [{"item_id": self._item_ids[r], "text": self.export.items["text"].iat[r],
-                       "score": float(scores[p]), "rank": rank,
+            "items": [{"item_id": self._item_ids[r], "text": self._texts[r], "score": float(scores[p]), "rank": rank,
                        "propensity": None if slate.position_propensity is None else
                        float(slate.position_propensity[rank - 1]),
-                       "pick_probability": float(slate.pick_probability[rank - 1]),
-                       "explanation": self._explain(r, user)}
-                      for rank, (r, p) in enumerate(zip(shown, slate.picks), start=1)],
+                       "pick_probability": float(slate.pick_probability[rank - 1]), "explanation": why}
+                      for rank, (r, p, why) in enumerate(zip(shown, slate.picks, self._explain(shown, user)), start=1)],
         }
-        unknown = user.unknown_items + self._rows(request.exclude)[1]
+        unknown = user.unknown_items + unknown_excluded
         if unknown:
             response["unknown_item_ids"] = unknown
         if self.log is not None:
@@ -248,12 +248,13 @@ class Recommender:
         order, final = mmr(scores, self.export.vectors[rows], self.config.diversity_lambda)
         return rows[order], np.asarray(final, dtype=np.float64)
 
-    def _explain(self, row: int, user: _User) -> str:
+    def _explain(self, rows: np.ndarray, user: _User) -> list[str]:
+        """For each shown row, the history item closest to it ("Because you liked ...")."""
         if not len(user.history):
-            return "Matches your description."
+            return ["Matches your description."] * len(rows)
         vectors = self.export.vectors
-        closest = user.history[int(np.argmax(vectors[user.history] @ vectors[row]))]
-        return f"Because you liked {self._names[closest]}."
+        closest = user.history[np.argmax(vectors[user.history] @ vectors[rows].T, axis=0)]
+        return [f"Because you liked {self._names[c]}." for c in closest]
 
     def _log_record(self, response: dict, user: _User, rows: np.ndarray, scores: np.ndarray, slate,
                     shown: np.ndarray) -> dict:

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from recsys_tt.data import read_table, require_columns
-from recsys_tt.explore import ExplorationConfig
+from recsys_tt.explore import ExplorationConfig, position_marginals
 from recsys_tt.export import ExportFolder
 from recsys_tt.metrics import catalog_coverage, intra_list_diversity, novelty
-from recsys_tt.ope import position_marginals
 from recsys_tt.propensity_log import PropensityLog, read_impressions
 from recsys_tt.recommender import Recommender, RecommendRequest, ServingConfig
 
