@@ -125,6 +125,8 @@ def main(backbone: str | None = None, tokenizer: str = "minilm", layers: int = 2
     report["train"], checkpoint = _train(args, accelerator, steps, warmup, root)
     if export:
         report["export_score"] = _export_score(checkpoint, factory, accelerator, root)
+    if torch.distributed.is_initialized():  # the DDP config's one-process group; free its port for later jobs
+        torch.distributed.destroy_process_group()
     (root / "gpu_check.json").write_text(json.dumps(report, indent=2))
     print(f"\n{'measure':<28} value")
     for section in ("train", "export_score"):

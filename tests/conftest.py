@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -62,6 +63,12 @@ TINY_TEMPLATES = {"item": "{title}. Genres: {genres}.", "profile": "A {age} year
 CALLBACKS = ('[{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint", '
              '"init_args": {"every_n_train_steps": 1, "save_last": true, "save_top_k": 0}}, '
              '{"class_path": "recsys_tt.plots.PlotCurves"}]')
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without torch.distributed's variables, for launching a fresh DDP job."""
+    names = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE")
+    return {k: v for k, v in os.environ.items() if k not in names}
 
 
 def train_args(root: Path, paths: dict, backbone: str, max_steps: int, *extra: str) -> list[str]:

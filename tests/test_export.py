@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import clean_env, write_tiny_dataset
 from conftest import train_args as _args
-from conftest import write_tiny_dataset
 
 from recsys_tt.export import ExportFolder, export_model
 from recsys_tt.index import build_index, exact_top_k, recall_against_exact
@@ -200,7 +200,7 @@ def test_two_process_ddp_scoring_merges_shards_into_the_single_process_result(fl
     script = Path(__file__).parents[1] / "scripts" / "score_offline.py"
     command = [sys.executable, str(script), "--export", str(flat_export), "--out", str(tmp_path / "ddp.parquet"),
                "--k", "5", "--batch_size", "3", "--devices", "2", "--strategy", "ddp"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=clean_env())
     assert done.returncode == 0, done.stderr[-2000:]
     score_users(flat_export, tmp_path / "one.parquet", k=5, batch_size=3)
     ddp, one = (pd.read_parquet(tmp_path / f"{n}.parquet").sort_values(["user_id", "rank"]).reset_index(drop=True)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
@@ -23,3 +24,4 @@ def test_gpu_check_times_training_and_reproduces_its_metrics_offline(tmp_path):
     assert train["precision"] == "bf16-mixed" and train["gradient_checkpointing"] is True
     assert offline["offline_ndcg@10"] == pytest.approx(train["test_ndcg@10"], abs=1e-6)
     assert offline["ann_recall_at_10"] == 1.0
+    assert not torch.distributed.is_initialized()  # the one-process DDP group is gone, its port free

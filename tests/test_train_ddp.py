@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import train_args
+from conftest import clean_env, train_args
 from transformers import AutoConfig, AutoModel
 
 from recsys_tt.towers import load_tokenizer
@@ -33,7 +33,7 @@ def _run(root: Path, paths: dict, backbone: str, devices: int) -> dict[str, torc
                       "--trainer.devices", str(devices), "--trainer.strategy", "ddp" if devices > 1 else "auto",
                       "--data.batch_size", str(4 // devices), "--test_after_fit", "false")
     done = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True,
-                          timeout=600, cwd=ROOT)
+                          timeout=600, cwd=ROOT, env=clean_env())
     assert done.returncode == 0, done.stderr[-3000:]
     checkpoint = root / "ml100k_minilm/version_0/checkpoints/last.ckpt"
     return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
