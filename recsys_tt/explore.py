@@ -153,9 +153,9 @@ def explore(scores: np.ndarray, k: int, config: ExplorationConfig, temperature: 
     k = min(k, len(scores))
     slate = sample_slates(scores, k, temperature, config.head, config.epsilon, rng)[0]
     picks = pick_probabilities(scores, slate, temperature, config.head, config.epsilon)
-    position = None
-    if config.propensity_samples or is_deterministic(config, temperature, k):
-        draws = 1 if is_deterministic(config, temperature, k) else config.propensity_samples
+    position, deterministic = None, is_deterministic(config, temperature, k)
+    if config.propensity_samples or deterministic:
+        draws = 1 if deterministic else config.propensity_samples
         marginals = position_marginals(scores, k, config, temperature, rng, draws)
         # The served slate is one more draw of the policy: counting it keeps estimates above zero.
         position = (marginals[np.arange(k), slate] * draws + 1) / (draws + 1)

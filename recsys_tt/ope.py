@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from recsys_tt.explore import ExplorationConfig, position_marginals, sample_slates
-from recsys_tt.propensity_log import read_feedback, read_impressions
+from recsys_tt.propensity_log import read_impressions, slate_positions
 
 ESTIMATORS = ("IPS", "SNIPS", "DM", "DR")
 
@@ -49,15 +49,12 @@ class LoggedSlates:
         if log["position_propensities"].isna().any():
             raise ValueError(f"{folder} has slates logged without per-position propensities "
                              "(propensity_samples=0); they cannot be evaluated off-policy.")
-        feedback = read_feedback(folder).drop_duplicates(["request_id", "item_id"], keep="last")
-        rewards = {(r, str(i)): float(v) for r, i, v in feedback[["request_id", "item_id", "reward"]].itertuples(
-            index=False)}
+        reward = slate_positions(folder, log)["reward"].to_numpy().reshape(len(log), int(sizes[0]))
         picks = [[list(c).index(row) for row in s] for c, s in zip(log["candidate_rows"], log["slate_rows"])]
-        reward = [[rewards.get((r, str(i)), 0.0) for i in s] for r, s in zip(log["request_id"], log["slate"])]
         policies = [ExplorationConfig(temperature=t, head=h, epsilon=e)
                     for t, h, e in log[["temperature", "head", "epsilon"]].itertuples(index=False)]
         return cls([np.asarray(s, dtype=np.float64) for s in log["candidate_scores"]], np.asarray(picks),
-                   np.asarray(log["position_propensities"].tolist()), np.asarray(reward),
+                   np.asarray(log["position_propensities"].tolist()), reward,
                    log["history_length"].to_numpy(), policies)
 
     def inverse_propensities(self, rng: np.random.Generator, chunk: int = 1000,

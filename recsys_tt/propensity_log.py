@@ -93,9 +93,10 @@ def read_feedback(folder: str | Path) -> pd.DataFrame:
     return frame if not frame.empty else pd.DataFrame(columns=["request_id", "item_id", "reward"])
 
 
-def slate_positions(folder: str | Path) -> pd.DataFrame:
-    """One row per (slate, position) with its reward (0 unless feedback said otherwise; the last reward wins)."""
-    impressions = read_impressions(folder)
+def slate_positions(folder: str | Path, impressions: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (slate, position), slate by slate in log order, with its reward (0 unless feedback said
+    otherwise; the last reward wins). ``impressions`` saves reading them again when the caller has them."""
+    impressions = read_impressions(folder) if impressions is None else impressions
     rows = impressions[["request_id", "slate_rows", "slate", "pick_probabilities", "position_propensities",
                         "slate_probability"]].copy()
     rows["position"] = rows["slate"].map(lambda s: list(range(len(s))))

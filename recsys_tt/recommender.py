@@ -163,17 +163,7 @@ class Recommender:
     def warm_cache(self, requests: list[RecommendRequest], batch_size: int = 256) -> None:
         """Encodes the users of many requests in batches and caches their vectors (e.g. before a traffic peak)."""
         users = [self._user(r) for r in requests]
-        known = [u for u in users if u.user_id is not None]
-        new = [u for u in users if u.user_id is None]
-        with self._encode_lock:
-            vectors = []
-            if known:
-                vectors += list(self.export.user_vectors(np.asarray([u.cache_key[1] for u in known]), "all",
-                                                         batch_size))
-            if new:
-                vectors += list(self.export.new_user_vectors([u.text for u in new], [u.history for u in new],
-                                                             batch_size))
-        for user, vector in zip(known + new, vectors):
+        for user, vector in zip(users, self._encode(users, batch_size)):
             self.cache.put(user.cache_key, vector)
 
     def feedback(self, request_id: str, item_id: str, reward: float) -> None:
@@ -227,13 +217,26 @@ class Recommender:
     def _vector(self, user: _User) -> np.ndarray:
         vector = self.cache.get(user.cache_key)
         if vector is None:
-            with self._encode_lock:
-                if user.user_id is not None:
-                    vector = self.export.user_vectors(np.asarray([user.cache_key[1]]), "all")[0]
-                else:
-                    vector = self.export.new_user_vectors([user.text], [user.history])[0]
+            vector = self._encode([user])[0]
             self.cache.put(user.cache_key, vector)
         return vector
+
+    def _encode(self, users: list[_User], batch_size: int = 256) -> list[np.ndarray]:
+        """User vectors in the order given: dataset users with all their history, new users from text + items."""
+        known = [i for i, u in enumerate(users) if u.user_id is not None]
+        new = [i for i, u in enumerate(users) if u.user_id is None]
+        out: list[np.ndarray] = [None] * len(users)
+        with self._encode_lock:
+            if known:
+                indices = np.asarray([users[i].cache_key[1] for i in known])
+                for i, vector in zip(known, self.export.user_vectors(indices, "all", batch_size)):
+                    out[i] = vector
+            if new:
+                vectors = self.export.new_user_vectors([users[i].text for i in new], [users[i].history for i in new],
+                                                       batch_size)
+                for i, vector in zip(new, vectors):
+                    out[i] = vector
+        return out
 
     def _candidates(self, vector: np.ndarray, excluded: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Candidate rows and their final scores, best first (after rescoring, the scorer and MMR)."""

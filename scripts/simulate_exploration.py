@@ -21,7 +21,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +51,7 @@ def _check_ope(export: ExportFolder, users: SimulatedUsers, k: int, replications
                out: Path) -> list[dict]:
     """Logs the first round ``replications`` times with LOGGING, then estimates every policy from that log."""
     folder = out / "logs" / "ope_logging_policy"
-    serving = ServingConfig(exploration=ExplorationConfig(**(asdict(LOGGING) | {"propensity_samples": samples})))
+    serving = ServingConfig(exploration=replace(LOGGING, propensity_samples=samples))
     recommender = Recommender(export, serving, log=PropensityLog(folder))
     liked = {}
     for replication in range(replications):
@@ -96,8 +96,7 @@ def main(export: str = "exports/ml100k", future: str | None = None, rounds: int 
     results = {}
     for name, policy in POLICIES.items():
         began = time.perf_counter()
-        serving = ServingConfig(exploration=ExplorationConfig(**(asdict(policy) | {"propensity_samples":
-                                                                                  propensity_samples})))
+        serving = ServingConfig(exploration=replace(policy, propensity_samples=propensity_samples))
         log_dir = root / "logs" / name.replace(" ", "_").replace("+", "and")
         results[name] = run_policy(folder, start, serving, rounds, k, seed, str(log_dir))
         print(f"{name}: {results[name]['cumulative_clicks']:.3f} clicks per user "
