@@ -45,8 +45,9 @@ class TwoTowerModule(pl.LightningModule):
             weight_decay: AdamW weight decay (not applied to id vectors).
             warmup_steps: linear warm-up steps before cosine decay.
             min_lr_ratio: the cosine decays to this fraction of the learning rate at the last step.
-            cache_refresh_steps: re-encode the catalog's text vectors every this many steps; history inputs and
-                in-batch items beyond ``fresh_items`` read them (detached) in between.
+            cache_refresh_steps: re-encode the catalog's text vectors when they are this many steps old; history
+                inputs and in-batch items beyond ``fresh_items`` read them (detached) in between. Text users with
+                batches of at most ``fresh_items`` items never read them, so never encode them.
             fresh_items: in-batch items encoded with gradients per step (None: all); the rest are cached
                 negatives. Encoding items is most of a step's cost, so this sets the speed.
             eval_ks: cut-offs of Recall/NDCG/MRR.
@@ -65,6 +66,7 @@ class TwoTowerModule(pl.LightningModule):
         self.strict_loading = False  # checkpoints leave out the frozen backbone
         self.item_tokens: dict[str, torch.Tensor] | None = None
         self.item_text_cache: torch.Tensor | None = None  # (N, D) detached catalog text vectors, refreshed in training
+        self.cache_step = 0  # the training step that encoded item_text_cache
         self.catalog_text: torch.Tensor | None = None  # (N, D) text vectors during evaluation
         self.autocast_dtype: torch.dtype | None = None  # outside a trainer: the precision it evaluated in
         self.catalog_vectors: torch.Tensor | None = None  # (N, D) item vectors during evaluation
@@ -136,9 +138,12 @@ class TwoTowerModule(pl.LightningModule):
     # ----- training -----------------------------------------------------------------------------------
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         torch.manual_seed(hash((self.hparams.seed, self.global_step, self.global_rank)) % 2**31)
-        needs_cache = self.model.config.user_input == "item_vectors" or self.hparams.fresh_items is not None
-        if needs_cache and (self.item_text_cache is None or self.global_step % self.hparams.cache_refresh_steps == 0):
-            self.item_text_cache = self.encode_catalog_text()
+        fresh = self.hparams.fresh_items
+        needs_cache = self.model.config.user_input == "item_vectors" or (fresh is not None and
+                                                                         len(batch["items"]) > fresh)
+        stale = self.item_text_cache is None or self.global_step - self.cache_step >= self.hparams.cache_refresh_steps
+        if needs_cache and stale:
+            self.item_text_cache, self.cache_step = self.encode_catalog_text(), self.global_step
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         items = self.batch_item_vectors(batch["items"])
@@ -199,7 +204,9 @@ class TwoTowerModule(pl.LightningModule):
         checkpoint["precision"] = str(self.trainer.precision)  # so exports encode exactly as evaluation did
         if self.item_text_cache is not None:
             checkpoint["item_text_cache"] = self.item_text_cache.cpu()
+            checkpoint["item_text_cache_step"] = self.cache_step
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "item_text_cache" in checkpoint:
             self.item_text_cache = checkpoint["item_text_cache"].to(self.device)
+            self.cache_step = checkpoint.get("item_text_cache_step", 0)

@@ -8,6 +8,7 @@ prefix (HLLM-style): one position per item, far cheaper than spelling every titl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,9 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from recsys_tt.text import trim
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +60,14 @@ class TowerConfig:
     """Add a learned id vector to the text vector of items seen in training."""
     backbone_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Storage dtype of the frozen base weights (bfloat16 halves memory on GPUs)."""
+    backbone_dropout: bool = False
+    """Keep the frozen backbone's own dropout layers active in training. Off, only LoRA dropout regularises:
+    the base weights do not train, and on CPU drawing dropout masks is a quarter of a step's time."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward (non-reentrant) to fit longer inputs or bigger models."""
+    bucket_rows: int | None = 16
+    """Encode texts sorted by length in groups of this many rows, each padded only to its own longest row
+    (None: one batch padded to its longest row). Padding is most of a mixed-length batch's tokens."""
 
     def __post_init__(self) -> None:
         if self.lora_r <= 0:
@@ -66,6 +76,8 @@ class TowerConfig:
             raise ValueError(f"projection_dim must be positive or null, got {self.projection_dim}.")
         if self.user_input == "item_vectors" and self.pooling == "cls":
             raise ValueError("pooling: cls cannot summarise a causal item history; use mean or last.")
+        if self.bucket_rows is not None and self.bucket_rows <= 0:
+            raise ValueError(f"bucket_rows must be positive or null, got {self.bucket_rows}.")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
 
@@ -120,6 +132,20 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
+def length_groups(mask: torch.Tensor, rows: int | None) -> list[torch.Tensor]:
+    """Row indices of a (B, T) padding mask grouped by similar length, ``rows`` per group (one group if None)."""
+    if rows is None or len(mask) <= rows:
+        return [torch.arange(len(mask), device=mask.device)]
+    return list(torch.argsort(mask.sum(1), descending=True, stable=True).split(rows))
+
+
+def attention_kernels(device: torch.device):
+    """SDPA's math kernel when training on CPU: the fused CPU kernel's backward is several times slower (profiled,
+    bf16); its forward is faster, so inference keeps it."""
+    training_on_cpu = device.type == "cpu" and torch.is_grad_enabled()
+    return sdpa_kernel(SDPBackend.MATH) if training_on_cpu else contextlib.nullcontext()
+
+
 def running_pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     """(B, T, H) -> (B, T, H): position t pooled over positions <= t (mean) or itself (last)."""
     if how == "last":
@@ -150,7 +176,11 @@ class TwoTower(nn.Module):
         self.num_items = num_items
         hidden = backbone.config.hidden_size
         self.dim = config.projection_dim or hidden
-        backbone.train()  # from_pretrained returns eval mode; the base's dropout regularises the adapters
+        backbone.train()  # from_pretrained returns eval mode
+        if not config.backbone_dropout:
+            for module in backbone.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = 0.0
         if config.gradient_checkpointing:
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
@@ -186,7 +216,18 @@ class TwoTower(nn.Module):
 
     def _encode(self, tower: str, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
         self._activate(tower)
-        hidden = self.encoder(attention_mask=attention_mask, **inputs).last_hidden_state  # (B, T, H)
+        groups = length_groups(attention_mask, self.config.bucket_rows)
+        if len(groups) == 1:
+            return self._encode_padded(tower, attention_mask, **inputs)
+        # Each row's vector depends on its own tokens only, so encoding groups separately changes no result.
+        vectors = [self._encode_padded(tower, **trim({"attention_mask": attention_mask[rows],
+                                                       **{k: v[rows] for k, v in inputs.items()}}))
+                   for rows in groups]
+        return torch.cat(vectors)[torch.argsort(torch.cat(groups))]
+
+    def _encode_padded(self, tower: str, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
+        with attention_kernels(attention_mask.device):
+            hidden = self.encoder(attention_mask=attention_mask, **inputs).last_hidden_state  # (B, T, H)
         pooled = pool(hidden, attention_mask, self.config.pooling)
         return F.normalize(self.heads[tower](pooled).float(), dim=-1)
 
@@ -227,7 +268,8 @@ class TwoTower(nn.Module):
         items = self.history_in(history.to(self.history_in.weight.dtype)).to(words.dtype)  # (B, L, H)
         mask = torch.cat([prefix_mask, history_mask.to(prefix_mask.dtype)], dim=1)  # (B, T)
         attention = causal_mask(mask, self.encoder.config._attn_implementation, words.dtype)
-        hidden = self.encoder(inputs_embeds=torch.cat([words, items], dim=1), attention_mask=attention)
+        with attention_kernels(words.device):
+            hidden = self.encoder(inputs_embeds=torch.cat([words, items], dim=1), attention_mask=attention)
         states = F.normalize(self.heads["user"](running_pool(hidden.last_hidden_state, mask, self.config.pooling))
                              .float(), dim=-1)  # (B, T, D)
         return states[:, prefix_ids.shape[1]:] if every_position else pool(states, mask, "last")

@@ -41,3 +41,12 @@ def test_nonsense_optimisation_settings_are_refused(tiny_bert):
         TwoTowerModule(num_items=6, tower=TowerConfig(backbone=tiny_bert), fresh_items=0)
     with pytest.raises(ValueError, match="eval_ks"):
         TwoTowerModule(num_items=6, tower=TowerConfig(backbone=tiny_bert), eval_ks=(0,))
+
+
+def test_catalog_cache_is_encoded_only_when_a_batch_reads_it(tiny_bert):
+    module = TwoTowerModule(num_items=6, tower=TowerConfig(backbone=tiny_bert, user_input="text"), fresh_items=3)
+    module.item_tokens = tokenize_table(load_tokenizer(tiny_bert), [f"movie {i}" for i in range(6)], 8)
+    module.on_train_batch_start({"items": torch.tensor([0, 1, 2])}, 0)  # all three are encoded fresh
+    assert module.item_text_cache is None
+    module.on_train_batch_start({"items": torch.tensor([0, 1, 2, 3])}, 1)  # one is a cached negative
+    assert module.item_text_cache is not None and module.item_text_cache.shape == (6, 32)

@@ -110,7 +110,8 @@ def test_default_lora_targets_per_architecture(tiny_bert):
     assert "q_proj" in default_lora_targets(llama) and "down_proj" in default_lora_targets(llama)
 
 
-@pytest.mark.parametrize("bad", [dict(lora_r=0), dict(projection_dim=-2), dict(lora_dropout=1.5)])
+@pytest.mark.parametrize("bad", [dict(lora_r=0), dict(projection_dim=-2), dict(lora_dropout=1.5),
+                                 dict(bucket_rows=0)])
 def test_nonsense_tower_settings_are_refused(bad):
     with pytest.raises(ValueError):
         TowerConfig(**bad)
@@ -137,3 +138,27 @@ def test_history_positions_never_see_later_items(request, backbone, pooling):
 def test_cls_pooling_cannot_summarise_a_causal_history():
     with pytest.raises(ValueError, match="cls"):
         TowerConfig(user_input="item_vectors", pooling="cls")
+
+
+def test_length_bucketed_encoding_equals_one_padded_batch(tiny_bert):
+    lengths = [9, 2, 7, 3, 9, 5, 1, 4]
+    ids = torch.randint(1000, 2000, (len(lengths), 12), generator=torch.Generator().manual_seed(1))
+    mask = (torch.arange(12) < torch.tensor(lengths)[:, None]).long()
+    bucketed, padded = _tower(tiny_bert, bucket_rows=3).eval(), _tower(tiny_bert, bucket_rows=None).eval()
+    padded.load_state_dict(bucketed.state_dict())
+    with torch.no_grad():
+        for encode in ("encode_user_text", "encode_item_text"):
+            assert torch.allclose(getattr(bucketed, encode)(ids, mask), getattr(padded, encode)(ids, mask), atol=1e-5)
+    bucketed.train()
+    bucketed.encode_user_text(ids, mask).sum().backward()  # gradients reach the adapters through every group
+    assert all(p.grad is not None for n, p in bucketed.named_parameters() if "lora_A.user" in n)
+
+
+def test_frozen_base_dropout_is_off_unless_asked_for(tiny_bert):
+    def dropout_rates(tower: TwoTower, lora: bool) -> set[float]:
+        return {m.p for n, m in tower.named_modules()
+                if isinstance(m, torch.nn.Dropout) and ("lora_dropout" in n) == lora}
+
+    default, kept = _tower(tiny_bert, lora_dropout=0.05), _tower(tiny_bert, backbone_dropout=True)
+    assert dropout_rates(default, lora=False) == {0.0} and dropout_rates(default, lora=True) == {0.05}
+    assert max(dropout_rates(kept, lora=False)) > 0
