@@ -11,47 +11,31 @@ def search_excluding(index, queries: np.ndarray, k: int,
                      exclude: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(Q, k) item rows and scores, best first, without each query's excluded rows (padding: row -1, -inf).
 
-    One query is searched with FAISS skipping its excluded rows itself (Flat, HNSW and IVF indexes), so the
-    search is no deeper than k. A batch shares one search, k + (largest exclusion) deep, so an exact index still
-    returns the exact top-k of what is left, and the excluded rows are dropped afterwards.
+    It searches k + (largest exclusion) deep, so an exact index still returns the exact top-k of what is left.
     """
     total = index.ntotal
     if not 0 < k <= total:
         raise ValueError(f"k must be in 1..{total} (the catalog size), got {k}.")
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    params = exclusion_params(index, exclude[0]) if len(queries) == 1 else None
-    if params is not None:
-        scores, rows = index.search(queries, k, params=params)
-        scores[rows < 0] = -np.inf  # FAISS pads with -FLT_MAX
-        return rows, scores
     depth = min(total, k + max((len(e) for e in exclude), default=0))
-    scores, rows = index.search(queries, depth)
-    # Vectorised membership test: encode (query, row) pairs as single integers on both sides.
+    scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
+    if len(queries) == 1:  # serving's case: a set over ~k results costs less than a dozen small array calls
+        banned = set(np.asarray(exclude[0]).tolist())
+        kept = [i for i, row in enumerate(rows[0].tolist()) if row >= 0 and row not in banned][:k]
+        out_rows, out_scores = np.full((1, k), -1, dtype=rows.dtype), np.full((1, k), -np.inf, dtype=np.float32)
+        out_rows[0, : len(kept)], out_scores[0, : len(kept)] = rows[0, kept], scores[0, kept]
+        return out_rows, out_scores
+    # Vectorised membership test: (query, row) pairs coded as single integers, looked up in the sorted exclusions.
     offsets = np.arange(len(queries), dtype=np.int64) * (total + 1)
-    banned = np.concatenate([np.asarray(e, dtype=np.int64) + o for e, o in zip(exclude, offsets)] or [[]])
-    keep = (rows >= 0) & ~np.isin(rows + offsets[:, None], banned)
-    first = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept results first, in score order
-    kept = np.take_along_axis(keep, first, 1)
-    out_rows = np.where(kept, np.take_along_axis(rows, first, 1), -1)
-    out_scores = np.where(kept, np.take_along_axis(scores, first, 1), -np.inf).astype(np.float32)
+    lengths = [len(e) for e in exclude]
+    banned = np.sort(np.concatenate([np.asarray(e, dtype=np.int64) for e in exclude] or [np.zeros(0, np.int64)])
+                     + np.repeat(offsets, lengths))
+    coded = rows + offsets[:, None]
+    keep = rows >= 0
+    if len(banned):
+        keep &= banned[np.searchsorted(banned, coded).clip(max=len(banned) - 1)] != coded
+    slot = np.cumsum(keep, axis=1) - 1  # where each kept result goes: they stay in score order
+    keep &= slot < k
+    out_rows, out_scores = np.full((len(rows), k), -1, dtype=rows.dtype), np.full((len(rows), k), -np.inf, np.float32)
+    query = np.nonzero(keep)[0]
+    out_rows[query, slot[keep]], out_scores[query, slot[keep]] = rows[keep], scores[keep]
     return out_rows, out_scores
-
-
-def exclusion_params(index, excluded: np.ndarray):
-    """FAISS search parameters that skip ``excluded`` rows inside the search, with the index's own settings.
-
-    None for index types whose search settings are not carried over here (e.g. OPQ or refine wrappers):
-    those take the deep search and drop excluded rows afterwards.
-    """
-    import faiss
-
-    selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.asarray(excluded, dtype=np.int64)))
-    if isinstance(index, faiss.IndexHNSW):
-        return faiss.SearchParametersHNSW(sel=selector, efSearch=index.hnsw.efSearch,
-                                          check_relative_distance=index.hnsw.check_relative_distance,
-                                          bounded_queue=index.hnsw.search_bounded_queue)
-    if isinstance(index, faiss.IndexIVF):
-        return faiss.SearchParametersIVF(sel=selector, nprobe=index.nprobe, max_codes=index.max_codes)
-    if isinstance(index, faiss.IndexFlat):
-        return faiss.SearchParameters(sel=selector)
-    return None
