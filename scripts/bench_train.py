@@ -123,9 +123,9 @@ def main(batch_size: int = 64, steps: int = 20, warmup: int = 3) -> None:
         rows.append(queue.get())
         process.join()
     base = rows[0][1]
-    print(f"{'system':<24} {'targets/s':>10} {'vs ST':>7} {'peak RSS GB':>12}")
+    print(f"{'system':<40} {'targets/s':>10} {'vs ST':>7} {'peak RSS GB':>12}")
     for mode, rate, rss in rows:
-        print(f"{mode:<24} {rate:>10.1f} {rate / base:>6.2f}x {rss:>12.2f}")
+        print(f"{mode:<40} {rate:>10.1f} {rate / base:>6.2f}x {rss:>12.2f}")
 
 
 if __name__ == "__main__":
