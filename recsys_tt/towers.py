@@ -139,10 +139,11 @@ def length_groups(mask: torch.Tensor, rows: int | None) -> list[torch.Tensor]:
     return list(torch.argsort(mask.sum(1), descending=True, stable=True).split(rows))
 
 
-def attention_kernels(device: torch.device):
+def attention_kernels(device: torch.device, checkpointed: bool):
     """SDPA's math kernel when training on CPU: the fused CPU kernel's backward is several times slower (profiled,
-    bf16); its forward is faster, so inference keeps it."""
-    training_on_cpu = device.type == "cpu" and torch.is_grad_enabled()
+    bf16); its forward is faster, so inference keeps it. Not under gradient checkpointing, whose recomputation runs
+    outside this context and must pick the same kernel as the forward pass."""
+    training_on_cpu = device.type == "cpu" and torch.is_grad_enabled() and not checkpointed
     return sdpa_kernel(SDPBackend.MATH) if training_on_cpu else contextlib.nullcontext()
 
 
@@ -226,7 +227,7 @@ class TwoTower(nn.Module):
         return torch.cat(vectors)[torch.argsort(torch.cat(groups))]
 
     def _encode_padded(self, tower: str, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
-        with attention_kernels(attention_mask.device):
+        with attention_kernels(attention_mask.device, self.config.gradient_checkpointing):
             hidden = self.encoder(attention_mask=attention_mask, **inputs).last_hidden_state  # (B, T, H)
         pooled = pool(hidden, attention_mask, self.config.pooling)
         return F.normalize(self.heads[tower](pooled).float(), dim=-1)
@@ -268,7 +269,7 @@ class TwoTower(nn.Module):
         items = self.history_in(history.to(self.history_in.weight.dtype)).to(words.dtype)  # (B, L, H)
         mask = torch.cat([prefix_mask, history_mask.to(prefix_mask.dtype)], dim=1)  # (B, T)
         attention = causal_mask(mask, self.encoder.config._attn_implementation, words.dtype)
-        with attention_kernels(words.device):
+        with attention_kernels(words.device, self.config.gradient_checkpointing):
             hidden = self.encoder(inputs_embeds=torch.cat([words, items], dim=1), attention_mask=attention)
         states = F.normalize(self.heads["user"](running_pool(hidden.last_hidden_state, mask, self.config.pooling))
                              .float(), dim=-1)  # (B, T, D)
