@@ -116,12 +116,17 @@ class TwoTowerModule(pl.LightningModule):
         so they still serve as negatives, and their id vectors still train, at a fraction of the cost.
         """
         fresh = self.hparams.fresh_items
-        if fresh is None or self.item_text_cache is None or fresh >= len(items):
+        if self.item_text_cache is None or not self._reads_cache(len(items)):
             return self.model.encode_items(**self._item_tokens(items), items=items)
         order = torch.randperm(len(items), device=items.device)
         encoded = self.model.encode_item_text(**self._item_tokens(items[order[:fresh]]))
         text = torch.cat([encoded, self.item_text_cache[items[order[fresh:]]].to(encoded.dtype)])
         return self.model.add_item_ids(text[torch.argsort(order)], items)
+
+    def _reads_cache(self, batch_items: int) -> bool:
+        """Whether a batch of this many items takes some of its negatives from the catalog cache."""
+        fresh = self.hparams.fresh_items
+        return fresh is not None and batch_items > fresh
 
     def encode_users(self, batch: dict[str, torch.Tensor], item_text: torch.Tensor | None,
                      every_position: bool = False) -> torch.Tensor:
@@ -138,9 +143,7 @@ class TwoTowerModule(pl.LightningModule):
     # ----- training -----------------------------------------------------------------------------------
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         torch.manual_seed(hash((self.hparams.seed, self.global_step, self.global_rank)) % 2**31)
-        fresh = self.hparams.fresh_items
-        needs_cache = self.model.config.user_input == "item_vectors" or (fresh is not None and
-                                                                         len(batch["items"]) > fresh)
+        needs_cache = self.model.config.user_input == "item_vectors" or self._reads_cache(len(batch["items"]))
         stale = self.item_text_cache is None or self.global_step - self.cache_step >= self.hparams.cache_refresh_steps
         if needs_cache and stale:
             self.item_text_cache, self.cache_step = self.encode_catalog_text(), self.global_step

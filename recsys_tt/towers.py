@@ -132,6 +132,13 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
+def disable_dropout(model: nn.Module) -> None:
+    """Sets every dropout layer of ``model`` to p = 0 (attention dropout included: transformers reads its rate)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
 def length_groups(mask: torch.Tensor, rows: int | None) -> list[torch.Tensor]:
     """Row indices of a (B, T) padding mask grouped by similar length, ``rows`` per group (one group if None)."""
     if rows is None or len(mask) <= rows:
@@ -179,9 +186,7 @@ class TwoTower(nn.Module):
         self.dim = config.projection_dim or hidden
         backbone.train()  # from_pretrained returns eval mode
         if not config.backbone_dropout:
-            for module in backbone.modules():
-                if isinstance(module, nn.Dropout):
-                    module.p = 0.0
+            disable_dropout(backbone)
         if config.gradient_checkpointing:
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,

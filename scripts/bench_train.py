@@ -52,15 +52,13 @@ def _sentence_transformers(batch_size: int, steps: int, warmup: int, base_dropou
 
     from recsys_tt.batches import training_examples
     from recsys_tt.text import user_text
-    from recsys_tt.towers import resolve_backbone
+    from recsys_tt.towers import disable_dropout, resolve_backbone
 
     data = _data("text", batch_size)
     model = SentenceTransformer(resolve_backbone("minilm"), device="cpu")
     model.max_seq_length = 128
     if not base_dropout:  # as recsys_tt's default (TowerConfig.backbone_dropout)
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
+        disable_dropout(model)
     model[0].auto_model = get_peft_model(model[0].auto_model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
                                                                          target_modules=["query", "value"]))
     loss_fn = losses.MultipleNegativesRankingLoss(model, scale=20.0)
