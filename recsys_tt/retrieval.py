@@ -16,19 +16,19 @@ def search_excluding(index, queries: np.ndarray, k: int,
     total = index.ntotal
     if not 0 < k <= total:
         raise ValueError(f"k must be in 1..{total} (the catalog size), got {k}.")
-    depth = min(total, k + max((len(e) for e in exclude), default=0))
+    depth = min(total, k + max(map(len, exclude), default=0))
     scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
-    if len(queries) == 1:  # serving's case: a set over ~k results costs less than a dozen small array calls
-        banned = set(np.asarray(exclude[0]).tolist())
-        kept = [i for i, row in enumerate(rows[0].tolist()) if row >= 0 and row not in banned][:k]
-        out_rows, out_scores = np.full((1, k), -1, dtype=rows.dtype), np.full((1, k), -np.inf, dtype=np.float32)
-        out_rows[0, : len(kept)], out_scores[0, : len(kept)] = rows[0, kept], scores[0, kept]
-        return out_rows, out_scores
+    if len(queries) == 1:  # serving's case: set lookups over ~k results beat a dozen small array calls
+        banned = {-1, *np.asarray(exclude[0]).tolist()}  # -1: FAISS found fewer rows than asked for
+        kept = np.array([i for i, row in enumerate(rows[0].tolist()) if row not in banned][:k], dtype=np.intp)
+        if len(kept) == k:  # else fewer than k are left, and the general path below pads the rest
+            return rows.take(kept, 1), scores.take(kept, 1)
     # Vectorised membership test: (query, row) pairs coded as single integers, looked up in the sorted exclusions.
     offsets = np.arange(len(queries), dtype=np.int64) * (total + 1)
     lengths = [len(e) for e in exclude]
+    # A stable sort (timsort/radix) runs through codes that come already grouped by query far faster than quicksort.
     banned = np.sort(np.concatenate([np.asarray(e, dtype=np.int64) for e in exclude] or [np.zeros(0, np.int64)])
-                     + np.repeat(offsets, lengths))
+                     + np.repeat(offsets, lengths), kind="stable")
     coded = rows + offsets[:, None]
     keep = rows >= 0
     if len(banned):
