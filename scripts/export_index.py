@@ -1,6 +1,7 @@
 """Export a trained checkpoint to a folder that scoring and serving need nothing else for.
 
-    python scripts/export_index.py --checkpoint runs/ml100k_minilm/version_0/checkpoints/last.ckpt --out exports/ml100k
+    # CKPT: runs/ml100k_minilm/version_0/checkpoints/best-step=150.ckpt (the tested one) or last.ckpt
+    python scripts/export_index.py --checkpoint CKPT --out exports/ml100k
     python scripts/export_index.py --checkpoint CKPT --out DIR --factory "IVF64,PQ16" --search_params "nprobe=8"
 """
 
@@ -19,7 +20,7 @@ def main(checkpoint: str, out: str, factory: str = "Flat", search_params: str = 
     """Encode the catalog with a checkpoint's towers and write index, vectors, id maps, weights and meta.json.
 
     Args:
-        checkpoint: a train.py checkpoint (e.g. runs/<name>/version_N/checkpoints/last.ckpt).
+        checkpoint: a train.py checkpoint (e.g. runs/<name>/version_N/checkpoints/best-step=150.ckpt or last.ckpt).
         out: export folder to create (written atomically).
         factory: FAISS index-factory string: Flat, HNSW32, IVF1024,Flat, IVF1024,PQ32, ...
         search_params: FAISS search parameters stored with the index, e.g. "nprobe=16" or "efSearch=64".

@@ -77,6 +77,23 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, tiny_dataset, tiny_bert
         assert float(resumed.trainer.callback_metrics[name]) == pytest.approx(expected, abs=1e-5)
 
 
+def test_testing_after_fit_uses_the_best_validation_checkpoint(tmp_path, tiny_dataset, tiny_bert):
+    best = ('{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint", '
+            '"init_args": {"monitor": "val/ndcg@10", "mode": "max", "filename": "best-{step}"}}')
+    args = _args(tmp_path, tiny_dataset, tiny_bert, 6, "--trainer.callbacks+", best, "--model.lr", "0.05")
+    fitted = main(args)
+    chosen = next(c for c in fitted.trainer.checkpoint_callbacks if c.monitor)
+    logged = pd.read_csv(tmp_path / "ml100k_minilm/version_0/metrics.csv")["val/ndcg@10"].dropna()
+    assert len(logged) == 3 and float(chosen.best_model_score) == pytest.approx(logged.max())
+    assert fitted.trainer.ckpt_path == chosen.best_model_path
+    tested = main(["test", *args[1:], "--ckpt_path", chosen.best_model_path])
+    for name in ("test/ndcg@10", "test/recall@10"):
+        expected = float(tested.trainer.callback_metrics[name])
+        assert float(fitted.trainer.callback_metrics[name]) == pytest.approx(expected, abs=1e-6), name
+    final = main([*args, "--test_on", "last", "--trainer.logger.init_args.version", "1"])
+    assert final.trainer.ckpt_path is None
+
+
 def test_lora_training_leaves_the_backbone_unchanged(tmp_path, tiny_dataset, tiny_bert):
     from recsys_tt.towers import load_model
 
