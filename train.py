@@ -16,9 +16,12 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from recsys_tt.datamodule import RecDataModule
+from recsys_tt.metrics import ranking_metrics
 from recsys_tt.module import TwoTowerModule
 
 log = logging.getLogger("recsys_tt.train")
@@ -28,12 +31,23 @@ class TwoTowerCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=True, help="Run `test` once fitting ends.")
         parser.add_argument("--test_on", type=Literal["best", "last"], default="best",
-                            help="Test the best checkpoint of the ModelCheckpoint that monitors a validation metric "
-                                 "(model selection on validation, as RecBole's early stopping does), or the final "
-                                 "weights.")
+                            help="Test the checkpoint best_checkpoint kept (model selection on validation, as "
+                                 "RecBole's early stopping does), or the final weights.")
+        # Present whatever the config's callbacks: every run keeps its best validation checkpoint, which `test`
+        # and the export use (best_checkpoint.monitor picks another metric).
+        parser.add_lightning_class_args(ModelCheckpoint, "best_checkpoint")
+        parser.set_defaults({"best_checkpoint.monitor": "val/ndcg@10", "best_checkpoint.mode": "max",
+                             "best_checkpoint.filename": "best-{step}"})
         parser.link_arguments("model.tower.backbone", "data.backbone")
         parser.link_arguments("model.tower.user_input", "data.user_input")
         parser.link_arguments("data.num_items", "model.num_items", apply_on="instantiate")
+
+    def before_fit(self) -> None:
+        monitor = self.config.fit.best_checkpoint.monitor
+        logged = [f"val/{name}" for name in ranking_metrics(torch.zeros(1), self.model.hparams.eval_ks)]
+        if monitor is not None and monitor not in logged:
+            raise ValueError(f"--best_checkpoint.monitor {monitor} is not logged by this run; validation logs "
+                             f"{', '.join(logged)} (set by --model.eval_ks).")
 
     def after_fit(self) -> None:
         if self.config.fit.test_after_fit:
@@ -43,12 +57,12 @@ class TwoTowerCLI(LightningCLI):
         """Path of the checkpoint to test; None tests the weights in memory (the final ones)."""
         if self.config.fit.test_on == "last":
             return None
-        best = [c for c in self.trainer.checkpoint_callbacks if c.monitor and c.best_model_path]
-        if not best:
-            log.warning("No ModelCheckpoint with a monitor saved a checkpoint, so the final weights are tested.")
+        best: ModelCheckpoint = self.config_init[self.subcommand]["best_checkpoint"]
+        if not best.best_model_path:
+            log.warning("No validation ran, so no best checkpoint exists: the final weights are tested.")
             return None
-        log.info("Testing %s (%s = %.4f)", best[0].best_model_path, best[0].monitor, float(best[0].best_model_score))
-        return best[0].best_model_path
+        log.info("Testing %s (%s = %.4f)", best.best_model_path, best.monitor, float(best.best_model_score))
+        return best.best_model_path
 
 
 def main(args: list[str] | None = None) -> TwoTowerCLI:

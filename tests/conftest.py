@@ -90,13 +90,14 @@ def train_args(root: Path, paths: dict, backbone: str, max_steps: int, *extra: s
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, tiny_bert):
-    """A 4-step tiny-BERT training run on the tiny dataset: (last checkpoint, final metrics)."""
+    """A 4-step tiny-BERT training run on the tiny dataset: (the tested checkpoint, its test metrics)."""
     from train import main
 
     root = tmp_path_factory.mktemp("trained")
     paths = write_tiny_dataset(root / "data")
-    cli = main(train_args(root, paths, tiny_bert, 4, "--model.eval_ks", "[3,5]"))
-    return root / "ml100k_minilm/version_0/checkpoints/last.ckpt", cli.trainer.callback_metrics
+    cli = main(train_args(root, paths, tiny_bert, 4, "--model.eval_ks", "[3,5]",
+                          "--best_checkpoint.monitor", "val/ndcg@5"))
+    return Path(cli.trainer.ckpt_path), cli.trainer.callback_metrics
 
 
 @pytest.fixture(scope="session")

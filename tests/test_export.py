@@ -148,8 +148,9 @@ def test_added_items_match_a_fresh_encoding_and_can_be_retrieved(flat_export, tm
 
 def test_bf16_training_metrics_are_reproduced_offline(tmp_path, tiny_bert):
     paths = write_tiny_dataset(tmp_path / "data")
-    cli = main(_args(tmp_path, paths, tiny_bert, 3, "--model.eval_ks", "[3,5]", "--trainer.precision", "bf16-mixed"))
-    folder = export_model(tmp_path / "ml100k_minilm/version_0/checkpoints/last.ckpt", tmp_path / "export")
+    cli = main(_args(tmp_path, paths, tiny_bert, 3, "--model.eval_ks", "[3,5]", "--trainer.precision", "bf16-mixed",
+                     "--best_checkpoint.monitor", "val/mrr@5"))
+    folder = export_model(cli.trainer.ckpt_path, tmp_path / "export")  # the checkpoint that was tested
     assert json.loads((folder / "meta.json").read_text())["precision"] == "bfloat16"
     score_users(folder, tmp_path / "recs.parquet", k=7)
     export, recs = ExportFolder.load(folder), pd.read_parquet(tmp_path / "recs.parquet")

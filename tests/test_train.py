@@ -78,11 +78,9 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, tiny_dataset, tiny_bert
 
 
 def test_testing_after_fit_uses_the_best_validation_checkpoint(tmp_path, tiny_dataset, tiny_bert):
-    best = ('{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint", '
-            '"init_args": {"monitor": "val/ndcg@10", "mode": "max", "filename": "best-{step}"}}')
-    args = _args(tmp_path, tiny_dataset, tiny_bert, 6, "--trainer.callbacks+", best, "--model.lr", "0.05")
+    args = _args(tmp_path, tiny_dataset, tiny_bert, 6, "--model.lr", "0.05")  # the config lists no such callback
     fitted = main(args)
-    chosen = next(c for c in fitted.trainer.checkpoint_callbacks if c.monitor)
+    chosen = fitted.config_init["fit"]["best_checkpoint"]
     logged = pd.read_csv(tmp_path / "ml100k_minilm/version_0/metrics.csv")["val/ndcg@10"].dropna()
     assert len(logged) == 3 and float(chosen.best_model_score) == pytest.approx(logged.max())
     assert fitted.trainer.ckpt_path == chosen.best_model_path
@@ -92,6 +90,8 @@ def test_testing_after_fit_uses_the_best_validation_checkpoint(tmp_path, tiny_da
         assert float(fitted.trainer.callback_metrics[name]) == pytest.approx(expected, abs=1e-6), name
     final = main([*args, "--test_on", "last", "--trainer.logger.init_args.version", "1"])
     assert final.trainer.ckpt_path is None
+    with pytest.raises(ValueError, match=r"val/ndcg@10 is not logged.*val/ndcg@5"):
+        main([*args, "--model.eval_ks", "[5]", "--trainer.logger.init_args.version", "2"])
 
 
 def test_lora_training_leaves_the_backbone_unchanged(tmp_path, tiny_dataset, tiny_bert):
