@@ -9,6 +9,7 @@ prefix (HLLM-style): one position per item, far cheaper than spelling every titl
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,6 +205,12 @@ class TwoTower(nn.Module):
             self.register_buffer("seen_items", seen, persistent=True)
         if config.user_input == "item_vectors":
             self.history_in = nn.Linear(self.dim, hidden)
+            # The profile's padding sits between it and the history, so positions must skip it (else a user's
+            # vector would depend on the longest profile in their batch). Backbones without position_ids keep it.
+            self._takes_positions = "position_ids" in inspect.signature(backbone.forward).parameters
+            if not self._takes_positions:
+                log.warning("%s takes no position_ids: history users depend slightly on their batch's padding.",
+                            type(backbone).__name__)
         self._train_all_adapters()
 
     def _head(self, hidden: int) -> nn.Module:
@@ -274,8 +281,10 @@ class TwoTower(nn.Module):
         items = self.history_in(history.to(self.history_in.weight.dtype)).to(words.dtype)  # (B, L, H)
         mask = torch.cat([prefix_mask, history_mask.to(prefix_mask.dtype)], dim=1)  # (B, T)
         attention = causal_mask(mask, self.encoder.config._attn_implementation, words.dtype)
+        positions = {"position_ids": (mask.cumsum(1) - 1).clamp(min=0)} if self._takes_positions else {}
         with attention_kernels(words.device, self.config.gradient_checkpointing):
-            hidden = self.encoder(inputs_embeds=torch.cat([words, items], dim=1), attention_mask=attention)
+            hidden = self.encoder(inputs_embeds=torch.cat([words, items], dim=1), attention_mask=attention,
+                                  **positions)
         states = F.normalize(self.heads["user"](running_pool(hidden.last_hidden_state, mask, self.config.pooling))
                              .float(), dim=-1)  # (B, T, D)
         return states[:, prefix_ids.shape[1]:] if every_position else pool(states, mask, "last")

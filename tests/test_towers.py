@@ -135,6 +135,20 @@ def test_history_positions_never_see_later_items(request, backbone, pooling):
     assert torch.allclose(final[0], states[0, -1], atol=1e-5)  # the user vector is the last position's
 
 
+@pytest.mark.parametrize("backbone", ["tiny_bert", "tiny_llama"])
+def test_a_history_user_does_not_depend_on_the_profiles_padded_beside_it(request, backbone):
+    tower = _tower(request.getfixturevalue(backbone), user_input="item_vectors")
+    tower.eval()
+    history = torch.nn.functional.normalize(torch.randn(2, 4, 32), dim=-1)
+    alone = tower.encode_user_history(torch.tensor([[101, 2000, 102]]), torch.ones(1, 3, dtype=torch.long),
+                                      history[:1], torch.ones(1, 4, dtype=torch.long))
+    # Beside a longer profile, this user's 3 profile tokens are padded to 6 before its history starts.
+    prefix = torch.tensor([[101, 2000, 102, 0, 0, 0], [101, 2001, 2002, 2003, 2004, 102]])
+    prefix_mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+    batched = tower.encode_user_history(prefix, prefix_mask, history, torch.ones(2, 4, dtype=torch.long))
+    assert torch.allclose(batched[0], alone[0], atol=1e-5)
+
+
 def test_cls_pooling_cannot_summarise_a_causal_history():
     with pytest.raises(ValueError, match="cls"):
         TowerConfig(user_input="item_vectors", pooling="cls")
