@@ -16,7 +16,8 @@ def search_excluding(index, queries: np.ndarray, k: int,
     total = index.ntotal
     if not 0 < k <= total:
         raise ValueError(f"k must be in 1..{total} (the catalog size), got {k}.")
-    depth = min(total, k + max(map(len, exclude), default=0))
+    lengths = [len(e) for e in exclude]
+    depth = min(total, k + max(lengths, default=0))
     scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
     if len(queries) == 1:  # serving's case: set lookups over ~k results beat a dozen small array calls
         banned = {-1, *np.asarray(exclude[0]).tolist()}  # -1: FAISS found fewer rows than asked for
@@ -25,7 +26,6 @@ def search_excluding(index, queries: np.ndarray, k: int,
             return rows.take(kept, 1), scores.take(kept, 1)
     # Vectorised membership test: (query, row) pairs coded as single integers, looked up in the sorted exclusions.
     offsets = np.arange(len(queries), dtype=np.int64) * (total + 1)
-    lengths = [len(e) for e in exclude]
     # A stable sort (timsort/radix) runs through codes that come already grouped by query far faster than quicksort.
     banned = np.sort(np.concatenate([np.asarray(e, dtype=np.int64) for e in exclude] or [np.zeros(0, np.int64)])
                      + np.repeat(offsets, lengths), kind="stable")
