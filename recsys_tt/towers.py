@@ -46,6 +46,9 @@ class TowerConfig:
     """A local folder or a Hugging Face model name; the MiniLM names resolve to the packaged weights."""
     pooling: Literal["mean", "cls", "last"] = "mean"
     """How token states become one vector: mean over tokens, first token, or last non-pad token (decoders)."""
+    user_pooling: Literal["mean", "cls", "last"] | None = None
+    """The user tower's pooling; None: as ``pooling``. For item-vector users, ``last`` is the state at the most
+    recent item (as in SASRec), ``mean`` averages over the profile and every history item."""
     projection_dim: int | None = None
     """Output dimension of a linear head after pooling; None keeps the backbone's hidden size."""
     lora_r: int = 8
@@ -75,12 +78,15 @@ class TowerConfig:
             raise ValueError(f"lora_r must be positive, got {self.lora_r}.")
         if self.projection_dim is not None and self.projection_dim <= 0:
             raise ValueError(f"projection_dim must be positive or null, got {self.projection_dim}.")
-        if self.user_input == "item_vectors" and self.pooling == "cls":
-            raise ValueError("pooling: cls cannot summarise a causal item history; use mean or last.")
+        if self.user_input == "item_vectors" and self.pooling_of("user") == "cls":
+            raise ValueError("user_pooling: cls cannot summarise a causal item history; use mean or last.")
         if self.bucket_rows is not None and self.bucket_rows <= 0:
             raise ValueError(f"bucket_rows must be positive or null, got {self.bucket_rows}.")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+
+    def pooling_of(self, tower: str) -> str:
+        return (self.user_pooling or self.pooling) if tower == "user" else self.pooling
 
 
 def resolve_backbone(name: str) -> str:
@@ -241,7 +247,7 @@ class TwoTower(nn.Module):
     def _encode_padded(self, tower: str, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
         with attention_kernels(attention_mask.device, self.config.gradient_checkpointing):
             hidden = self.encoder(attention_mask=attention_mask, **inputs).last_hidden_state  # (B, T, H)
-        pooled = pool(hidden, attention_mask, self.config.pooling)
+        pooled = pool(hidden, attention_mask, self.config.pooling_of(tower))
         return F.normalize(self.heads[tower](pooled).float(), dim=-1)
 
     def encode_item_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -285,8 +291,8 @@ class TwoTower(nn.Module):
         with attention_kernels(words.device, self.config.gradient_checkpointing):
             hidden = self.encoder(inputs_embeds=torch.cat([words, items], dim=1), attention_mask=attention,
                                   **positions)
-        states = F.normalize(self.heads["user"](running_pool(hidden.last_hidden_state, mask, self.config.pooling))
-                             .float(), dim=-1)  # (B, T, D)
+        pooled = running_pool(hidden.last_hidden_state, mask, self.config.pooling_of("user"))
+        states = F.normalize(self.heads["user"](pooled).float(), dim=-1)  # (B, T, D)
         return states[:, prefix_ids.shape[1]:] if every_position else pool(states, mask, "last")
 
 

@@ -120,7 +120,7 @@ def test_nonsense_tower_settings_are_refused(bad):
 @pytest.mark.parametrize("backbone", ["tiny_bert", "tiny_llama"])
 @pytest.mark.parametrize("pooling", ["mean", "last"])
 def test_history_positions_never_see_later_items(request, backbone, pooling):
-    tower = _tower(request.getfixturevalue(backbone), user_input="item_vectors", pooling=pooling)
+    tower = _tower(request.getfixturevalue(backbone), user_input="item_vectors", user_pooling=pooling)
     tower.eval()
     prefix = torch.tensor([[101, 2000, 102]])
     history = torch.nn.functional.normalize(torch.randn(1, 5, 32), dim=-1)
@@ -152,6 +152,21 @@ def test_a_history_user_does_not_depend_on_the_profiles_padded_beside_it(request
 def test_cls_pooling_cannot_summarise_a_causal_history():
     with pytest.raises(ValueError, match="cls"):
         TowerConfig(user_input="item_vectors", pooling="cls")
+    with pytest.raises(ValueError, match="cls"):
+        TowerConfig(user_input="item_vectors", user_pooling="cls")
+    assert TowerConfig(user_input="item_vectors", pooling="cls", user_pooling="last").pooling_of("item") == "cls"
+
+
+def test_user_pooling_changes_the_user_tower_only(tiny_bert):
+    mean, last = _tower(tiny_bert), _tower(tiny_bert, user_pooling="last")
+    last.load_state_dict(mean.state_dict())
+    mean.eval(), last.eval()
+    ids, mask = _tokens()
+    assert torch.equal(mean.encode_item_text(ids, mask), last.encode_item_text(ids, mask))
+    prefix, history = torch.tensor([[101, 2000, 102]]), torch.nn.functional.normalize(torch.randn(1, 4, 32), dim=-1)
+    users = [t.encode_user_history(prefix, torch.ones_like(prefix), history, torch.ones(1, 4, dtype=torch.long),
+                                   every_position=True) for t in (mean, last)]
+    assert not torch.allclose(users[0][0, -1], users[1][0, -1], atol=1e-3)
 
 
 def test_length_bucketed_encoding_equals_one_padded_batch(tiny_bert):
