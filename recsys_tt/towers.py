@@ -54,8 +54,9 @@ class TowerConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
-    lora_targets: list[str] | None = None
-    """Module names LoRA adapts; None picks per-architecture defaults (query/value for BERT-likes)."""
+    lora_targets: list[str] | str | None = None
+    """Module names LoRA adapts, or "all-linear" (every linear layer of the blocks, any architecture); None picks
+    per-architecture defaults (query/value for BERT-likes)."""
     shared_adapter: bool = False
     """One adapter for both towers instead of one per tower (the frozen base is always shared)."""
     user_input: Literal["text", "item_vectors"] = "item_vectors"
@@ -194,6 +195,10 @@ class TwoTower(nn.Module):
         backbone.train()  # from_pretrained returns eval mode
         if not config.backbone_dropout:
             disable_dropout(backbone)
+        if getattr(backbone, "pooler", None) is not None:
+            # Towers pool last_hidden_state themselves: a BERT-style pooler would cost compute, and adapted (all-linear)
+            # it would hold parameters that never get a gradient, which DDP refuses.
+            backbone.pooler = None
         if config.gradient_checkpointing:
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,

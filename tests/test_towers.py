@@ -110,6 +110,13 @@ def test_default_lora_targets_per_architecture(tiny_bert):
     assert "q_proj" in default_lora_targets(llama) and "down_proj" in default_lora_targets(llama)
 
 
+def test_all_linear_adapts_every_block_layer_and_never_the_unused_pooler(tiny_bert):
+    adapted = {n.split(".lora_A")[0] for n, _ in _tower(tiny_bert, lora_targets="all-linear").named_parameters()
+               if ".lora_A.item" in n}
+    assert any(n.endswith("key") for n in adapted) and any(n.endswith("intermediate.dense") for n in adapted)
+    assert not any("pooler" in n for n in adapted)
+
+
 @pytest.mark.parametrize("bad", [dict(lora_r=0), dict(projection_dim=-2), dict(lora_dropout=1.5),
                                  dict(bucket_rows=0)])
 def test_nonsense_tower_settings_are_refused(bad):
