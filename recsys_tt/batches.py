@@ -8,6 +8,7 @@ start..end-1 once and predicts each next item, items start+1..end.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -15,6 +16,8 @@ import numpy as np
 import torch
 
 from recsys_tt.text import TextTemplates, tokenize, tokenize_table, trim, user_text
+
+log = logging.getLogger(__name__)
 
 
 def training_examples(train: Sequence[np.ndarray], min_history: int) -> np.ndarray:
@@ -118,3 +121,17 @@ class StepBatches:
         for b in range(start, self.steps_per_epoch):
             first = b * global_batch + self.rank * self.batch_size
             yield self.make_batch(self.examples[order[first: first + self.batch_size]])
+
+    def state_dict(self) -> dict[str, int]:
+        """What fixes the batch sequence, saved in checkpoints; the position comes from the trainer's step.
+
+        Having this (and ``load_state_dict``) also tells Lightning that the loader resumes mid-epoch correctly.
+        """
+        return {"seed": self.seed, "batch_size": self.batch_size, "world_size": self.world_size,
+                "examples": len(self.examples)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        changed = {k: (v, self.state_dict()[k]) for k, v in state.items() if self.state_dict().get(k) != v}
+        if changed:
+            log.warning("Resuming with other batches than the checkpoint's run, so it will not reproduce that run "
+                        "(setting: (checkpoint, now)): %s", changed)

@@ -30,3 +30,14 @@ def test_step_batches_resume_at_the_restored_step_and_split_ranks():
     assert list(batches(0)) == full[3:]  # resumed mid-epoch: the remaining batches of the same order
     step["now"] = 5
     assert list(batches(0)) != full  # next epoch: a new order
+
+
+def test_step_batches_warn_when_resumed_with_other_settings(caplog):
+    def batches(seed):
+        return StepBatches(np.arange(40).reshape(20, 2), list, batch_size=2, seed=seed, rank=0, world_size=1,
+                           current_step=lambda: 0)
+
+    batches(3).load_state_dict(batches(3).state_dict())
+    assert not caplog.records
+    batches(4).load_state_dict(batches(3).state_dict())
+    assert "'seed': (3, 4)" in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -68,7 +69,11 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, tiny_dataset, tiny_bert
     kill = '{"class_path": "test_train.StopAtStep", "init_args": {"step": 5}}'
     main(_args(tmp_path / "cut", tiny_dataset, tiny_bert, 8, "--trainer.callbacks+", kill, "--test_after_fit", "false"))
     last = tmp_path / "cut/ml100k_minilm/version_0/checkpoints/last.ckpt"
-    resumed = main(_args(tmp_path / "cut", tiny_dataset, tiny_bert, 8, "--ckpt_path", str(last)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = main(_args(tmp_path / "cut", tiny_dataset, tiny_bert, 8, "--ckpt_path", str(last)))
+    assert not [w for w in caught if "not resumable" in str(w.message)]  # Lightning knows our batches resume
+    assert torch.load(last, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["seed"] == 0
     assert resumed.trainer.global_step == full.trainer.global_step == 8
     a, b = _trainable(full), _trainable(resumed)
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
