@@ -1,17 +1,26 @@
-"""Cold-start item evaluation: can the model rank items it never trained on (known only by their text)?
+"""Cold-start evaluation: how well the model serves items and users it never trained on.
 
 Cold items are the export's items with no training interaction, so they have no trained id vector and the
 model scores them from text alone; an id-only model (BPR, SASRec) can only rank them at random. For every user
 whose later interactions (a future table, e.g. from scripts/split_by_time.py) include cold items, the cold items
 they have not seen are ranked by the user's vector, and the later ones are the targets.
+
+New users are users absent from training (scripts/split_new_users.py holds some out). Each is served as the
+serving path serves a stranger: their profile text plus their first n items, for several n (n = 0: text alone,
+where an id model has nothing but popularity). The whole catalog, minus those n items, is ranked against their
+next item (as the leave-one-out metrics do) and against all their later items.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from recsys_tt.data import read_table, require_columns
+from recsys_tt.batches import pad_rows
+from recsys_tt.data import DataError, parse_timestamps, read_table, require_columns, user_sequences
 from recsys_tt.export import ExportFolder
+from recsys_tt.metrics import exclude_seen, ranking_metrics, target_ranks
+from recsys_tt.text import render_table
 
 
 def cold_item_metrics(export: ExportFolder, future: str, k: int = 10) -> dict[str, float]:
@@ -47,3 +56,71 @@ def cold_item_metrics(export: ExportFolder, future: str, k: int = 10) -> dict[st
     return {f"recall@{k}": float(np.mean(recall)), f"hit_rate@{k}": float(np.mean(hits)),
             f"ndcg@{k}": float(np.mean(ndcg)), f"random_recall@{k}": float(np.mean(random_recall)),
             "users": len(recall), "cold_items": len(cold)}
+
+
+def new_user_metrics(export: ExportFolder, interactions: str, users: str | None, context_sizes: list[int],
+                     k: int = 10) -> list[dict]:
+    """One row per (context size, ranker): next-item Recall/NDCG@k and precision@k of all later items.
+
+    Rankers: recsys_tt with the profile text, recsys_tt without it (items alone), and training popularity.
+    """
+    user_ids, sequences = _new_user_sequences(export, interactions)
+    profiles = _profiles(export, users, user_ids)
+    counts = export.items["train_count"].to_numpy()
+    popularity = torch.as_tensor(np.argsort(np.argsort(counts, kind="stable")), dtype=torch.float32)  # no ties
+    rows = []
+    for n in context_sizes:
+        chosen = [i for i, seq in enumerate(sequences) if len(seq) > n]
+        if not chosen:
+            raise ValueError(f"No user in {interactions} has more than {n} interactions; lower context_sizes.")
+        context = [sequences[i][:n] for i in chosen]
+        later = [sequences[i][n:] for i in chosen]
+        rankers = {"recsys_tt, profile + items": [profiles[i] for i in chosen],
+                   "recsys_tt, items only": [""] * len(chosen)}
+        for name, texts in rankers.items():
+            scores = torch.from_numpy(export.new_user_vectors(texts, context) @ export.vectors.T)
+            rows.append({"context_items": n, "ranker": name, **_later_item_metrics(scores, context, later, k)})
+        scores = popularity.expand(len(chosen), -1)
+        rows.append({"context_items": n, "ranker": "popularity", **_later_item_metrics(scores, context, later, k)})
+    return rows
+
+
+def _new_user_sequences(export: ExportFolder, interactions: str) -> tuple[list[str], list[np.ndarray]]:
+    frame = read_table(interactions)
+    require_columns(frame, ["user_id", "item_id", "timestamp"], interactions)
+    rows = frame["item_id"].astype(str).map(export.item_rows)
+    if rows.isna().any():
+        raise DataError(f"{interactions}: {int(rows.isna().sum())} interactions name items the export lacks (first: "
+                        f"{frame['item_id'][rows.isna()].iloc[0]!r}); add them with scripts/add_items.py.")
+    known = frame["user_id"].astype(str).isin(set(export.users["user_id"].astype(str)))
+    if known.any():
+        raise DataError(f"{interactions}: user {frame['user_id'][known].iloc[0]!r} was in training; new users must "
+                        "not be (scripts/split_new_users.py holds users out).")
+    user_ids, sequences = user_sequences(frame["user_id"].astype(str), rows.astype("int64"),
+                                         parse_timestamps(frame["timestamp"], interactions))
+    return user_ids, sequences
+
+
+def _profiles(export: ExportFolder, users: str | None, user_ids: list[str]) -> list[str]:
+    """Profile texts through the export's template, or empty ones without a users table."""
+    if users is None:
+        return [""] * len(user_ids)
+    table = read_table(users)
+    require_columns(table, ["user_id"], users)
+    table = table.assign(user_id=table["user_id"].astype(str)).set_index("user_id")
+    missing = [u for u in user_ids if u not in table.index]
+    if missing:
+        raise DataError(f"{users} has no row for user {missing[0]!r} ({len(missing)} missing).")
+    return render_table(export.templates.profile, table.loc[user_ids], "user")
+
+
+def _later_item_metrics(scores: torch.Tensor, context: list[np.ndarray], later: list[np.ndarray],
+                        k: int) -> dict[str, float]:
+    scores = exclude_seen(scores.float(), pad_rows(context))
+    next_item = torch.as_tensor([seq[0] for seq in later])
+    metrics = ranking_metrics(target_ranks(scores, next_item), (k,))
+    top = scores.topk(k, dim=1).indices.numpy()
+    precision = [np.isin(t, seq).mean() for t, seq in zip(top, later)]
+    return {f"next_recall@{k}": float(metrics[f"recall@{k}"].mean()),
+            f"next_ndcg@{k}": float(metrics[f"ndcg@{k}"].mean()),
+            f"later_precision@{k}": float(np.mean(precision)), "users": len(later)}

@@ -102,14 +102,17 @@ def load_interaction_data(interactions: str | Path, items: str | Path, users: st
         if unknown.any():
             row = int(np.flatnonzero(unknown.to_numpy())[0])
             raise DataError(f"{interactions}, row {row + 2}: user_id {inter['user_id'].iloc[row]!r} is not in {users}.")
-    frame = pd.DataFrame({"user": inter["user_id"].to_numpy(), "item": item_idx.astype("int64").to_numpy(),
-                          "ts": inter["timestamp"].to_numpy()})
-    frame = frame.sort_values("ts", kind="stable")  # stable: equal timestamps keep file order
-    grouped = frame.groupby("user", sort=False)["item"]
-    user_ids = list(grouped.groups.keys())
-    sequences = [grouped.get_group(u).to_numpy() for u in user_ids]
-    log.info("Loaded %d interactions, %d users, %d items", len(frame), len(user_ids), len(item_frame))
+    user_ids, sequences = user_sequences(inter["user_id"], item_idx.astype("int64"), inter["timestamp"])
+    log.info("Loaded %d interactions, %d users, %d items", len(inter), len(user_ids), len(item_frame))
     return InteractionData(item_frame, user_frame, user_ids, sequences)
+
+
+def user_sequences(users: pd.Series, items: pd.Series, timestamps: pd.Series) -> tuple[list[str], list[np.ndarray]]:
+    """Per user (in order of first appearance by time), their items sorted by time; equal times keep file order."""
+    frame = pd.DataFrame({"user": users.to_numpy(), "item": items.to_numpy(), "ts": np.asarray(timestamps)})
+    grouped = frame.sort_values("ts", kind="stable").groupby("user", sort=False)["item"]
+    user_ids = list(grouped.groups.keys())
+    return user_ids, [grouped.get_group(u).to_numpy() for u in user_ids]
 
 
 def _load_items(path: str | Path) -> pd.DataFrame:

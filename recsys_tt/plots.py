@@ -12,13 +12,19 @@ from pytorch_lightning.utilities import rank_zero_only
 log = logging.getLogger(__name__)
 
 
-def plot_curves(metrics_csv: str | Path, out: str | Path, metric: str = "ndcg@10") -> Path:
-    """Plots train/loss and val/<metric> (and val/recall@10) against the step from a CSVLogger file."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend (training machines have no screen)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_curves(metrics_csv: str | Path, out: str | Path, metric: str = "ndcg@10") -> Path:
+    """Plots train/loss and val/<metric> (and val/recall@10) against the step from a CSVLogger file."""
+    plt = _pyplot()
     frame = pd.read_csv(metrics_csv)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     if "train/loss" in frame:
@@ -55,11 +61,7 @@ class PlotCurves(pl.Callback):
 
 def plot_exploration(results: dict[str, dict], out: str | Path) -> Path:
     """Exploration trade-off: cumulative clicks per user by round, and total clicks against catalog coverage."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for name, result in results.items():
         cumulative = pd.Series(result["clicks_per_round"]).cumsum()
@@ -71,6 +73,22 @@ def plot_exploration(results: dict[str, dict], out: str | Path) -> Path:
     left.legend(fontsize=8)
     right.set(xlabel="catalog coverage (items shown / catalog)", ylabel="clicks per user, all rounds",
               title="exploitation vs exploration")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return Path(out)
+
+
+def plot_new_users(rows: list[dict], metric: str, out: str | Path) -> Path:
+    """New users: ``metric`` of each ranker against the number of items known about the user."""
+    plt = _pyplot()
+    frame = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for ranker, part in frame.groupby("ranker", sort=False):
+        ax.plot(part["context_items"], part[metric], marker="o", label=ranker)
+    ax.set(xlabel="items known about the new user (0 = profile text only)", ylabel=metric,
+           title="users unseen in training")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

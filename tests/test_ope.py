@@ -143,22 +143,3 @@ def test_ope_script_prints_and_writes_every_target(logged_round, tmp_path, capsy
     written = json.loads((tmp_path / "ope.json").read_text())
     assert [t["target"] for t in written["targets"]] == ["greedy", "tau 0.2"]
     assert "SNIPS" in capsys.readouterr().out
-
-
-def test_cold_items_are_ranked_for_users_who_later_take_them(flat_export, tmp_path):
-    import pandas as pd
-
-    from recsys_tt.cold_start import cold_item_metrics
-
-    export = ExportFolder.load(flat_export)
-    cold = export.items["item_id"][export.items["train_count"] == 0].tolist()
-    assert "i11" in cold  # only ever a held-out item in the tiny data
-    future = tmp_path / "future.csv"
-    pd.DataFrame({"user_id": ["u0", "u1"], "item_id": ["i11", "i3"]}).to_csv(future, index=False)
-    everything = cold_item_metrics(export, str(future), k=len(cold))
-    assert everything["users"] == 1 and everything[f"recall@{len(cold)}"] == 1.0  # u1's i3 is not cold
-    top1 = cold_item_metrics(export, str(future), k=1)
-    assert top1["recall@1"] in (0.0, 1.0) and top1["random_recall@1"] == pytest.approx(1 / top1["cold_items"])
-    pd.DataFrame({"user_id": ["u1"], "item_id": ["i3"]}).to_csv(future, index=False)
-    with pytest.raises(ValueError, match="cold items"):
-        cold_item_metrics(export, str(future))

@@ -1,0 +1,46 @@
+"""Hold out a random share of users entirely: train without them, then serve them as new (cold-start) users.
+
+    python scripts/split_new_users.py --interactions ~/.cache/recsys_tt/ml-100k/interactions.csv --out data/ml100k_users
+
+Writes past.csv (every interaction of the other users; train on it with ``--data.dataset files``) and
+new_users.csv (every interaction of the held-out users), both in the input's row order. The users table stays
+whole: held-out users keep their profile for scripts/evaluate_cold_users.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from jsonargparse import auto_cli
+
+from recsys_tt.data import read_table, require_columns
+
+
+def main(interactions: str, out: str, fraction: float = 0.2, seed: int = 0) -> None:
+    """Write past.csv and new_users.csv under ``out``.
+
+    Args:
+        interactions: CSV/Parquet/JSONL with user_id, item_id, timestamp.
+        out: output folder.
+        fraction: share of users held out.
+        seed: seed of the random choice of users.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}.")
+    frame = read_table(interactions)
+    require_columns(frame, ["user_id", "item_id", "timestamp"], interactions)
+    users = np.sort(frame["user_id"].astype(str).unique())
+    held_out = np.random.default_rng(seed).choice(users, max(1, round(fraction * len(users))), replace=False)
+    new = frame["user_id"].astype(str).isin(set(held_out))
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    frame[~new].to_csv(folder / "past.csv", index=False)
+    frame[new].to_csv(folder / "new_users.csv", index=False)
+    print(json.dumps({"past": int((~new).sum()), "new_users": len(held_out), "new_user_interactions": int(new.sum()),
+                      "out": str(folder)}))
+
+
+if __name__ == "__main__":
+    auto_cli(main, as_positional=False)

@@ -1,0 +1,71 @@
+"""Cold start: items known only by text, and users unseen in training served from their profile and first items."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys_tt.cold_start import cold_item_metrics, new_user_metrics
+from recsys_tt.data import DataError
+from recsys_tt.export import ExportFolder
+
+
+def test_cold_items_are_ranked_for_users_who_later_take_them(flat_export, tmp_path):
+    export = ExportFolder.load(flat_export)
+    cold = export.items["item_id"][export.items["train_count"] == 0].tolist()
+    assert "i11" in cold  # only ever a held-out item in the tiny data
+    future = tmp_path / "future.csv"
+    pd.DataFrame({"user_id": ["u0", "u1"], "item_id": ["i11", "i3"]}).to_csv(future, index=False)
+    everything = cold_item_metrics(export, str(future), k=len(cold))
+    assert everything["users"] == 1 and everything[f"recall@{len(cold)}"] == 1.0  # u1's i3 is not cold
+    top1 = cold_item_metrics(export, str(future), k=1)
+    assert top1["recall@1"] in (0.0, 1.0) and top1["random_recall@1"] == pytest.approx(1 / top1["cold_items"])
+    pd.DataFrame({"user_id": ["u1"], "item_id": ["i3"]}).to_csv(future, index=False)
+    with pytest.raises(ValueError, match="cold items"):
+        cold_item_metrics(export, str(future))
+
+
+def test_new_users_are_served_from_profile_and_first_items_against_popularity(flat_export, tmp_path):
+    export = ExportFolder.load(flat_export)
+    new = tmp_path / "new.csv"
+    pd.DataFrame({"user_id": ["n1", "n1", "n2", "n1", "n2", "n2"], "item_id": ["i4", "i2", "i7", "i9", "i1", "i3"],
+                  "timestamp": [5, 1, 3, 9, 2, 1]}).to_csv(new, index=False)  # n1: i2 i4 i9; n2: i3 i1 i7
+    users = tmp_path / "users.csv"
+    pd.DataFrame({"user_id": ["n1", "n2"], "age": [30, 40], "occupation": ["nurse", "artist"]}).to_csv(users,
+                                                                                                       index=False)
+    rows = new_user_metrics(export, str(new), str(users), [0, 2], k=3)
+    assert [(r["context_items"], r["ranker"]) for r in rows][:3] == [
+        (0, "recsys_tt, profile + items"), (0, "recsys_tt, items only"), (0, "popularity")]
+    assert [r["users"] for r in rows] == [2] * 6  # both have a third item to predict after two
+    counts = export.items["train_count"].to_numpy()
+    order = np.argsort(np.argsort(counts, kind="stable"))
+    rank = {item: int((order > order[export.item_rows[item]]).sum()) for item in ("i2", "i3")}  # next items at n = 0
+    expected = np.mean([1 / np.log2(r + 2) if r < 3 else 0.0 for r in rank.values()])
+    assert rows[2]["next_ndcg@3"] == pytest.approx(expected)
+    assert all(0 <= r["later_precision@3"] <= 1 for r in rows)
+    with pytest.raises(ValueError, match="more than 3"):
+        new_user_metrics(export, str(new), str(users), [3])
+    pd.DataFrame({"user_id": ["u1"], "item_id": ["i2"], "timestamp": [1]}).to_csv(tmp_path / "old.csv", index=False)
+    with pytest.raises(DataError, match="was in training"):
+        new_user_metrics(export, str(tmp_path / "old.csv"), str(users), [0])
+    pd.DataFrame({"user_id": ["n3"], "item_id": ["zz"], "timestamp": [1]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match="items the export lacks"):
+        new_user_metrics(export, str(tmp_path / "bad.csv"), str(users), [0])
+    pd.DataFrame({"user_id": ["n3"], "item_id": ["i2"], "timestamp": [1]}).to_csv(tmp_path / "n3.csv", index=False)
+    with pytest.raises(DataError, match="no row for user 'n3'"):
+        new_user_metrics(export, str(tmp_path / "n3.csv"), str(users), [0])
+
+
+def test_split_new_users_holds_out_whole_users(tiny_dataset, tmp_path):
+    import sys
+
+    sys.path.insert(0, "scripts")
+    import split_new_users
+
+    split_new_users.main(tiny_dataset["interactions"], str(tmp_path / "split"), fraction=0.25, seed=1)
+    past, new = (pd.read_csv(tmp_path / "split" / f"{name}.csv") for name in ("past", "new_users"))
+    assert new["user_id"].nunique() == 2 and not set(new["user_id"]) & set(past["user_id"])
+    assert len(past) + len(new) == len(pd.read_csv(tiny_dataset["interactions"]))
+    with pytest.raises(ValueError, match="fraction"):
+        split_new_users.main(tiny_dataset["interactions"], str(tmp_path / "bad"), fraction=1.0)
