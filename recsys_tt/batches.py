@@ -27,16 +27,17 @@ def training_examples(train: Sequence[np.ndarray], min_history: int) -> np.ndarr
 
 
 def training_windows(train: Sequence[np.ndarray], length: int, min_history: int) -> np.ndarray:
-    """(E, 3) array of (user, start, end): inputs train[u][start:end], targets train[u][start+1:end+1].
+    """(E, 3) array of (user, start, end): inputs train[u][max(start, 0):end], targets train[u][start+1:end+1].
 
     Windows tile each sequence's targets from its end backwards, so every target appears exactly once and
-    the most recent window is always full.
+    the most recent window is always full. With ``min_history`` 0 a user's oldest window starts at -1: its
+    first target, item 0, is predicted from the profile alone.
     """
     windows = []
     for u, seq in enumerate(train):
         last = len(seq) - 1
-        while last >= max(min_history, 1):
-            first = max(max(min_history, 1), last - length + 1)
+        while last >= min_history:
+            first = max(min_history, last - length + 1)
             windows.append((u, first - 1, last))
             last = first - 1
     return np.asarray(windows, dtype=np.int64).reshape(-1, 3)

@@ -58,7 +58,8 @@ class RecDataModule(pl.LightningDataModule):
             max_user_tokens: token budget of user text (user_input = text).
             max_profile_tokens: token budget of the profile prefix (user_input = item_vectors).
             history_len: most recent history items the user tower reads.
-            min_history: training positions need at least this many earlier items.
+            min_history: training positions need at least this many earlier items; 0 also trains each user's
+                first item from their profile alone, which is how a new user with no items is served.
             batch_size: training examples per step and rank (windows of up to history_len targets for
                 item-vector users, single targets for text users).
             eval_batch_size: users per evaluation batch.
@@ -70,6 +71,8 @@ class RecDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         if dataset == "files" and not (interactions and items):
             raise ValueError("dataset: files needs data.interactions and data.items paths.")
+        if min_history < 0:
+            raise ValueError(f"data.min_history must be >= 0, got {min_history}.")
         for name in ("max_item_tokens", "max_user_tokens", "max_profile_tokens", "history_len", "batch_size",
                      "eval_batch_size"):
             if getattr(self.hparams, name) <= 0:
@@ -130,12 +133,15 @@ class RecDataModule(pl.LightningDataModule):
     def train_batch(self, examples: np.ndarray) -> dict[str, torch.Tensor]:
         """Examples -> user inputs, the unique positive items, and each target's column among them.
 
-        ``positive`` is (B,) for (user, position) examples and (B, L) with -1 padding for windows.
+        ``positive`` is (B,) for (user, position) examples. For windows it is (B, 1 + L) with -1 padding, aligned
+        with the user tower's states: column 0 the target of the profile alone (only in a window starting at -1),
+        then the target after each history item.
         """
         train = self.split.train
         if self.hparams.user_input == "item_vectors":
-            histories = [train[u][a:b] for u, a, b in examples]
-            targets = pad_rows([train[u][a + 1: b + 1] for u, a, b in examples])
+            histories = [train[u][max(a, 0):b] for u, a, b in examples]
+            from_profile = torch.as_tensor([[train[u][0] if a < 0 else -1] for u, a, _ in examples])
+            targets = torch.cat([from_profile, pad_rows([train[u][max(a, 0) + 1: b + 1] for u, a, b in examples])], 1)
         else:
             histories = [train[u][:t] for u, t in examples]
             targets = torch.as_tensor([train[u][t] for u, t in examples])

@@ -132,7 +132,8 @@ class TwoTowerModule(pl.LightningModule):
                      every_position: bool = False) -> torch.Tensor:
         """(B, D) user vectors from user-tower inputs; history items' text vectors come from ``item_text``.
 
-        With ``every_position``, item-vector users give (B, L, D): the user after each history prefix.
+        With ``every_position``, item-vector users give (B, 1 + L, D): the user after the profile alone, then after
+        each history prefix.
         """
         if "history" in batch:
             history = self.model.add_item_ids(item_text[batch["history"]], batch["history"])  # (B, L, D)

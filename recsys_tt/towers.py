@@ -284,8 +284,9 @@ class TwoTower(nn.Module):
         """Profile prefix tokens (B, P) + history item vectors (B, L, D), oldest first -> user vectors.
 
         Attention is causal, so the state at history position j has seen the prefix and items 0..j only: one
-        pass yields the user after every prefix of the history, (B, L, D) with ``every_position``, which
-        trains on every next item at once. Otherwise (B, D): the user after the whole history.
+        pass yields the user after every prefix of the history, which trains on every next item at once. With
+        ``every_position``: (B, 1 + L, D), the user after the profile alone (as a new user with no items is
+        served), then after each history item. Otherwise (B, D): the user after the whole history.
         """
         self._activate("user")
         words = self.encoder.get_input_embeddings()(prefix_ids)  # (B, P, H)
@@ -298,7 +299,11 @@ class TwoTower(nn.Module):
                                   **positions)
         pooled = running_pool(hidden.last_hidden_state, mask, self.config.pooling_of("user"))
         states = F.normalize(self.heads["user"](pooled).float(), dim=-1)  # (B, T, D)
-        return states[:, prefix_ids.shape[1]:] if every_position else pool(states, mask, "last")
+        if not every_position:
+            return pool(states, mask, "last")
+        profile_end = (prefix_mask.sum(1) - 1).clamp(min=0)  # the last real profile token, whatever the padding
+        profile_only = states[torch.arange(len(states), device=states.device), profile_end]
+        return torch.cat([profile_only.unsqueeze(1), states[:, prefix_ids.shape[1]:]], dim=1)
 
 
 def is_base_weight(key: str) -> bool:

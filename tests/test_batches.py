@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from recsys_tt.batches import StepBatches, training_examples, training_windows
 
@@ -13,6 +14,9 @@ def test_windows_tile_every_target_once_with_the_latest_window_full():
     assert sorted(targets) == sorted(list(train[0][1:]) + list(train[1][1:]))
     examples = training_examples(train, min_history=1)
     assert len(examples) == len(targets)  # both forms see every transition once an epoch
+    # min_history 0: each user's oldest window starts at -1, so item 0 is a target too (from the profile alone).
+    assert training_windows(train, length=4, min_history=0).tolist() == [[0, 2, 6], [0, -1, 2], [1, -1, 1]]
+    assert len(training_examples(train, min_history=0)) == len(train[0]) + len(train[1])
 
 
 def test_step_batches_resume_at_the_restored_step_and_split_ranks():
@@ -41,3 +45,21 @@ def test_step_batches_warn_when_resumed_with_other_settings(caplog):
     assert not caplog.records
     batches(4).load_state_dict(batches(3).state_dict())
     assert "'seed': (3, 4)" in caplog.text
+
+
+def test_window_batches_align_the_profile_target_with_the_profile_state(tiny_dataset, tiny_bert):
+    from conftest import TINY_TEMPLATES
+
+    from recsys_tt.datamodule import RecDataModule
+    from recsys_tt.text import TextTemplates
+
+    data = RecDataModule("files", tiny_dataset["interactions"], tiny_dataset["items"], tiny_dataset["users"],
+                         templates=TextTemplates(**TINY_TEMPLATES), backbone=tiny_bert, history_len=3, min_history=0)
+    train = data.split.train  # 4 training items per user
+    batch = data.train_batch(np.array([[2, -1, 1], [2, 1, 3]]))  # user 2: items 0-1 from -1, items 2-3 from 1
+    targets = batch["items"][batch["positive"].clamp(min=0)].masked_fill(batch["positive"] < 0, -1)
+    assert targets.tolist() == [[train[2][0], train[2][1], -1], [-1, train[2][2], train[2][3]]]
+    assert batch["history"].tolist() == [[train[2][0], 0], [train[2][1], train[2][2]]]
+    assert batch["history_mask"].tolist() == [[1, 0], [1, 1]]
+    with pytest.raises(ValueError, match="min_history"):
+        RecDataModule("files", tiny_dataset["interactions"], tiny_dataset["items"], min_history=-1)

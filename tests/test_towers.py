@@ -136,10 +136,15 @@ def test_history_positions_never_see_later_items(request, backbone, pooling):
     changed = history.clone()
     changed[0, 3:] = -changed[0, 3:]
     after = tower.encode_user_history(prefix, torch.ones_like(prefix), changed, mask, every_position=True)
-    assert torch.allclose(states[0, :3], after[0, :3], atol=1e-5)  # positions 0..2 cannot see items 3, 4
-    assert not torch.allclose(states[0, 3:], after[0, 3:], atol=1e-5)
+    assert states.shape == (1, 6, 32)  # the profile alone, then after each of the 5 items
+    assert torch.allclose(states[0, :4], after[0, :4], atol=1e-5)  # the profile and items 0..2 cannot see 3, 4
+    assert not torch.allclose(states[0, 4:], after[0, 4:], atol=1e-5)
     final = tower.encode_user_history(prefix, torch.ones_like(prefix), history, mask)
     assert torch.allclose(final[0], states[0, -1], atol=1e-5)  # the user vector is the last position's
+    # A new user with no items (padded profile, empty history) is served the state trained on the profile alone.
+    padded, padded_mask = torch.tensor([[101, 2000, 102, 0]]), torch.tensor([[1, 1, 1, 0]])
+    new_user = tower.encode_user_history(padded, padded_mask, history[:, :1], torch.zeros(1, 1, dtype=torch.long))
+    assert torch.allclose(new_user[0], states[0, 0], atol=1e-5)
 
 
 @pytest.mark.parametrize("backbone", ["tiny_bert", "tiny_llama"])
