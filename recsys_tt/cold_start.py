@@ -62,7 +62,8 @@ def new_user_metrics(export: ExportFolder, interactions: str, users: str | None,
                      k: int = 10) -> list[dict]:
     """One row per (context size, ranker): next-item Recall/NDCG@k and precision@k of all later items.
 
-    Rankers: recsys_tt with the profile text, recsys_tt without it (items alone), and training popularity.
+    Rankers: recsys_tt with the profile text (given a users table), recsys_tt without it (items alone), and
+    training popularity.
     """
     user_ids, sequences = _new_user_sequences(export, interactions)
     profiles = _profiles(export, users, user_ids)
@@ -75,8 +76,8 @@ def new_user_metrics(export: ExportFolder, interactions: str, users: str | None,
             raise ValueError(f"No user in {interactions} has more than {n} interactions; lower context_sizes.")
         context = [sequences[i][:n] for i in chosen]
         later = [sequences[i][n:] for i in chosen]
-        rankers = {"recsys_tt, profile + items": [profiles[i] for i in chosen],
-                   "recsys_tt, items only": [""] * len(chosen)}
+        rankers = {"recsys_tt, profile + items": [profiles[i] for i in chosen]} if users else {}
+        rankers["recsys_tt, items only"] = [""] * len(chosen)
         for name, texts in rankers.items():
             scores = torch.from_numpy(export.new_user_vectors(texts, context) @ export.vectors.T)
             rows.append({"context_items": n, "ranker": name, **_later_item_metrics(scores, context, later, k)})
@@ -102,9 +103,9 @@ def _new_user_sequences(export: ExportFolder, interactions: str) -> tuple[list[s
 
 
 def _profiles(export: ExportFolder, users: str | None, user_ids: list[str]) -> list[str]:
-    """Profile texts through the export's template, or empty ones without a users table."""
+    """Profile texts through the export's template, or none without a users table."""
     if users is None:
-        return [""] * len(user_ids)
+        return []
     table = read_table(users)
     require_columns(table, ["user_id"], users)
     table = table.assign(user_id=table["user_id"].astype(str)).set_index("user_id")

@@ -79,16 +79,17 @@ def plot_exploration(results: dict[str, dict], out: str | Path) -> Path:
     return Path(out)
 
 
-def plot_new_users(rows: list[dict], metric: str, out: str | Path) -> Path:
-    """New users: ``metric`` of each ranker against the number of items known about the user."""
+def plot_new_users(rows: list[dict], metrics: list[str], out: str | Path) -> Path:
+    """New users: each of ``metrics`` per ranker against the number of items known about the user, side by side."""
     plt = _pyplot()
     frame = pd.DataFrame(rows)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for ranker, part in frame.groupby("ranker", sort=False):
-        ax.plot(part["context_items"], part[metric], marker="o", label=ranker)
-    ax.set(xlabel="items known about the new user (0 = profile text only)", ylabel=metric,
-           title="users unseen in training")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for ranker, part in frame.groupby("ranker", sort=False):
+            ax.plot(part["context_items"], part[metric], marker="o", label=ranker)
+        ax.set(xlabel="items known about the user (0 = profile text only)", ylabel=metric,
+               title=f"users unseen in training: {metric}")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

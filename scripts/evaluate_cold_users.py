@@ -29,7 +29,7 @@ def main(export: str, interactions: str, users: str | None = None, context_sizes
         users: users table with the columns of the export's profile template (None: no profile text).
         context_sizes: the numbers n of first items known about each user (default 0, 1, 3, 5, 10).
         k: cut-off.
-        plot: PNG path for next-item NDCG@k against n.
+        plot: PNG path for next-item NDCG@k and later-item precision@k against n.
     """
     if k <= 0 or any(n < 0 for n in context_sizes or []):
         raise ValueError(f"k must be positive and context_sizes non-negative, got {k} and {context_sizes}.")
@@ -42,7 +42,7 @@ def main(export: str, interactions: str, users: str | None = None, context_sizes
     for r in rows:
         print(json.dumps(r))
     if plot:
-        print(f"plot: {plot_new_users(rows, f'next_ndcg@{k}', plot)}")
+        print(f"plot: {plot_new_users(rows, [f'next_ndcg@{k}', f'later_precision@{k}'], plot)}")
 
 
 if __name__ == "__main__":

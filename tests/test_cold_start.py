@@ -69,3 +69,21 @@ def test_split_new_users_holds_out_whole_users(tiny_dataset, tmp_path):
     assert len(past) + len(new) == len(pd.read_csv(tiny_dataset["interactions"]))
     with pytest.raises(ValueError, match="fraction"):
         split_new_users.main(tiny_dataset["interactions"], str(tmp_path / "bad"), fraction=1.0)
+
+
+def test_cold_user_script_prints_every_row_and_plots(flat_export, tmp_path, capsys):
+    import json
+    import sys
+
+    sys.path.insert(0, "scripts")
+    import evaluate_cold_users
+
+    new = tmp_path / "new.csv"
+    pd.DataFrame({"user_id": ["n1", "n1", "n1"], "item_id": ["i1", "i2", "i3"], "timestamp": [1, 2, 3]}).to_csv(
+        new, index=False)
+    evaluate_cold_users.main(str(flat_export), str(new), context_sizes=[0, 1], k=2, plot=str(tmp_path / "p.png"))
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(r["context_items"], r["ranker"]) for r in lines][-1] == (1, "popularity") and len(lines) == 4  # no profiles
+    assert (tmp_path / "p.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="context_sizes"):
+        evaluate_cold_users.main(str(flat_export), str(new), context_sizes=[-1])
