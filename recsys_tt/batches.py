@@ -132,7 +132,8 @@ class StepBatches:
                 "examples": len(self.examples)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        changed = {k: (v, self.state_dict()[k]) for k, v in state.items() if self.state_dict().get(k) != v}
+        now = self.state_dict()
+        changed = {k: (v, now.get(k)) for k, v in state.items() if now.get(k) != v}
         if changed:
             log.warning("Resuming with other batches than the checkpoint's run, so it will not reproduce that run "
                         "(setting: (checkpoint, now)): %s", changed)

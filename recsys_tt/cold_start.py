@@ -97,9 +97,8 @@ def _new_user_sequences(export: ExportFolder, interactions: str) -> tuple[list[s
     if known.any():
         raise DataError(f"{interactions}: user {frame['user_id'][known].iloc[0]!r} was in training; new users must "
                         "not be (scripts/split_new_users.py holds users out).")
-    user_ids, sequences = user_sequences(frame["user_id"].astype(str), rows.astype("int64"),
-                                         parse_timestamps(frame["timestamp"], interactions))
-    return user_ids, sequences
+    return user_sequences(frame["user_id"].astype(str), rows.astype("int64"),
+                          parse_timestamps(frame["timestamp"], interactions))
 
 
 def _profiles(export: ExportFolder, users: str | None, user_ids: list[str]) -> list[str]:

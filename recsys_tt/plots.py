@@ -22,6 +22,13 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, out: str | Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return Path(out)
+
+
 def plot_curves(metrics_csv: str | Path, out: str | Path, metric: str = "ndcg@10") -> Path:
     """Plots train/loss and val/<metric> (and val/recall@10) against the step from a CSVLogger file."""
     plt = _pyplot()
@@ -37,10 +44,7 @@ def plot_curves(metrics_csv: str | Path, out: str | Path, metric: str = "ndcg@10
             right.plot(curve["step"], curve[name], marker="o", label=name)
     right.set(xlabel="step", title="validation (full ranking)")
     right.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return Path(out)
+    return _save(plt, fig, out)
 
 
 class PlotCurves(pl.Callback):
@@ -73,10 +77,7 @@ def plot_exploration(results: dict[str, dict], out: str | Path) -> Path:
     left.legend(fontsize=8)
     right.set(xlabel="catalog coverage (items shown / catalog)", ylabel="clicks per user, all rounds",
               title="exploitation vs exploration")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return Path(out)
+    return _save(plt, fig, out)
 
 
 def plot_new_users(rows: list[dict], metrics: list[str], out: str | Path) -> Path:
@@ -90,7 +91,4 @@ def plot_new_users(rows: list[dict], metrics: list[str], out: str | Path) -> Pat
         ax.set(xlabel="items known about the user (0 = profile text only)", ylabel=metric,
                title=f"users unseen in training: {metric}")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return Path(out)
+    return _save(plt, fig, out)
