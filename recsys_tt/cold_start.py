@@ -65,6 +65,8 @@ def new_user_metrics(export: ExportFolder, interactions: str, users: str | None,
     Rankers: recsys_tt with the profile text (given a users table), recsys_tt without it (items alone), and
     training popularity.
     """
+    if k <= 0 or any(n < 0 for n in context_sizes):
+        raise ValueError(f"k must be positive and context_sizes non-negative, got {k} and {context_sizes}.")
     user_ids, sequences = _new_user_sequences(export, interactions)
     profiles = _profiles(export, users, user_ids)
     counts = export.items["train_count"].to_numpy()

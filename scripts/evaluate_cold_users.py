@@ -31,8 +31,6 @@ def main(export: str, interactions: str, users: str | None = None, context_sizes
         k: cut-off.
         plot: PNG path for next-item NDCG@k and later-item precision@k against n.
     """
-    if k <= 0 or any(n < 0 for n in context_sizes or []):
-        raise ValueError(f"k must be positive and context_sizes non-negative, got {k} and {context_sizes}.")
     rows = new_user_metrics(ExportFolder.load(export), interactions, users, context_sizes or [0, 1, 3, 5, 10], k)
     print(f"{'items':>5} {'ranker':<28} {'next R@' + str(k):>10} {'next NDCG@' + str(k):>12} "
           f"{'later P@' + str(k):>10} {'users':>6}")
