@@ -79,8 +79,11 @@ class InteractionData:
 
 
 def load_interaction_data(interactions: str | Path, items: str | Path, users: str | Path | None = None,
-                          min_rating: float | None = None) -> InteractionData:
-    """Loads and checks the three tables; see the README's "Custom datasets" section for their columns."""
+                          min_rating: float | None = None, catalog: str = "all") -> InteractionData:
+    """Loads and checks the three tables; see the README's "Custom datasets" section for their columns.
+
+    ``catalog`` "rated" keeps only the items that some kept interaction names; "all" keeps the whole items table.
+    """
     item_frame = _load_items(items)
     user_frame = _load_users(users) if users else None
     inter = read_table(interactions)
@@ -91,6 +94,8 @@ def load_interaction_data(interactions: str | Path, items: str | Path, users: st
     if min_rating is not None:
         require_columns(inter, ["rating"], interactions)
         inter = inter[inter["rating"].astype(float) >= min_rating]
+    if catalog == "rated":
+        item_frame = _rated_items(item_frame, inter["item_id"])
     index = {item_id: i for i, item_id in enumerate(item_frame["item_id"])}
     item_idx = inter["item_id"].map(index)
     if item_idx.isna().any():
@@ -105,6 +110,14 @@ def load_interaction_data(interactions: str | Path, items: str | Path, users: st
     user_ids, sequences = user_sequences(inter["user_id"], item_idx.astype("int64"), inter["timestamp"])
     log.info("Loaded %d interactions, %d users, %d items", len(inter), len(user_ids), len(item_frame))
     return InteractionData(item_frame, user_frame, user_ids, sequences)
+
+
+def _rated_items(items: pd.DataFrame, rated: pd.Series) -> pd.DataFrame:
+    keep = items["item_id"].isin(set(rated))
+    if not keep.all():
+        log.info("Catalog: %d of %d items have interactions; the other %d are left out (data.catalog: all keeps "
+                 "them)", int(keep.sum()), len(items), int((~keep).sum()))
+    return items[keep].reset_index(drop=True)
 
 
 def user_sequences(users: pd.Series, items: pd.Series, timestamps: pd.Series) -> tuple[list[str], list[np.ndarray]]:

