@@ -41,6 +41,7 @@ class RecDataModule(pl.LightningDataModule):
         min_history: int = 1,
         batch_size: int = 256,
         eval_batch_size: int = 128,
+        val_users: int | None = None,
         seed: int = 0,
         backbone: str = DEFAULT_BACKBONE,
         user_input: Literal["text", "item_vectors"] = "item_vectors",
@@ -67,6 +68,8 @@ class RecDataModule(pl.LightningDataModule):
             batch_size: training examples per step and rank (windows of up to history_len targets for
                 item-vector users, single targets for text users).
             eval_batch_size: users per evaluation batch.
+            val_users: validate on a fixed random sample of this many users (None: all); test always ranks for all
+                users. On ML-1M, all 6,040 users take about a minute per validation on 2 CPU cores.
             seed: seeds the order of training examples.
             backbone: linked from model.tower.backbone (its tokenizer is used).
             user_input: linked from model.tower.user_input.
@@ -77,6 +80,8 @@ class RecDataModule(pl.LightningDataModule):
             raise ValueError("dataset: files needs data.interactions and data.items paths.")
         if min_history < 0:
             raise ValueError(f"data.min_history must be >= 0, got {min_history}.")
+        if val_users is not None and val_users <= 0:
+            raise ValueError(f"data.val_users must be positive or null (all users), got {val_users}.")
         for name in ("max_item_tokens", "max_user_tokens", "max_profile_tokens", "history_len", "batch_size",
                      "eval_batch_size"):
             if getattr(self.hparams, name) <= 0:
@@ -174,8 +179,11 @@ class RecDataModule(pl.LightningDataModule):
                            current_step=lambda: trainer.global_step * trainer.accumulate_grad_batches)
 
     def _eval_loader(self, stage: str) -> DataLoader:
-        users = np.flatnonzero(self.split.targets(stage) >= 0).tolist()
-        return DataLoader(users, batch_size=self.hparams.eval_batch_size,
+        users = np.flatnonzero(self.split.targets(stage) >= 0)
+        sample = self.hparams.val_users
+        if stage == "valid" and sample is not None and sample < len(users):
+            users = np.sort(np.random.default_rng(self.hparams.seed).choice(users, sample, replace=False))
+        return DataLoader(users.tolist(), batch_size=self.hparams.eval_batch_size,
                           collate_fn=functools.partial(self.eval_batch, stage=stage))
 
     def val_dataloader(self) -> DataLoader:

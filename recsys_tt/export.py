@@ -34,9 +34,9 @@ from recsys_tt.batches import UserFeatures
 from recsys_tt.checkpoints import build_module, load_checkpoint, load_trainable, pick_device
 from recsys_tt.data import LeaveOneOut
 from recsys_tt.datamodule import RecDataModule
+from recsys_tt.files import sha256_file
 from recsys_tt.index import build_index, recall_against_exact
 from recsys_tt.module import TwoTowerModule
-from recsys_tt.files import sha256_file
 from recsys_tt.text import TextTemplates, tokenize_table
 from recsys_tt.towers import is_base_weight, load_tokenizer
 

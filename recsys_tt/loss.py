@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -88,6 +89,10 @@ class LossConfig:
     max_temperature: float = 1.0
     logq_correction: bool = True
     """Subtract log item frequency (from training data) from every logit."""
+    negatives: Literal["batch", "catalog"] = "batch"
+    """The softmax's columns: the batch's de-duplicated items (sampled softmax with logQ), or every catalog item (full
+    softmax: no sampling bias, so logQ and cross-batch memory do not apply). "catalog" suits catalogs of up to tens
+    of thousands of items: the rows' text vectors come from the catalog cache but for ``model.fresh_items``."""
     memory_size: int = 0
     """Cross-batch memory: the item vectors of recent batches (detached) join the negatives, up to this many
     columns, each with the logQ of the batch it came from; 0 turns it off. The memory is not checkpointed: a
@@ -99,6 +104,8 @@ class LossConfig:
                              f"{self.min_temperature}, {self.temperature}, {self.max_temperature}.")
         if self.memory_size < 0:
             raise ValueError(f"memory_size must be >= 0, got {self.memory_size}.")
+        if self.negatives == "catalog" and self.memory_size:
+            raise ValueError("negatives: catalog already scores every item; set memory_size: 0.")
 
 
 class InBatchSoftmax(nn.Module):
@@ -134,6 +141,8 @@ class InBatchSoftmax(nn.Module):
     def forward(self, user: torch.Tensor, item: torch.Tensor, positive: torch.Tensor,
                 items: torch.Tensor) -> torch.Tensor:
         """user (B, D), item (M, D), positive (B,) columns, items (M,) item indices of the columns."""
+        if self.config.negatives == "catalog":  # every rank holds every item: nothing to gather, no sampling bias
+            return sampled_softmax_loss(user, item, positive, self.temperature)
         rows = len(positive)
         item, positive, items = gather_items(item, positive, items)
         draws = rows * (dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1)

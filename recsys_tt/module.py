@@ -144,20 +144,30 @@ class TwoTowerModule(pl.LightningModule):
     # ----- training -----------------------------------------------------------------------------------
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         torch.manual_seed(hash((self.hparams.seed, self.global_step, self.global_rank)) % 2**31)
-        needs_cache = self.model.config.user_input == "item_vectors" or self._reads_cache(len(batch["items"]))
+        columns = self.hparams.num_items if self.loss.config.negatives == "catalog" else len(batch["items"])
+        needs_cache = self.model.config.user_input == "item_vectors" or self._reads_cache(columns)
         stale = self.item_text_cache is None or self.global_step - self.cache_step >= self.hparams.cache_refresh_steps
         if needs_cache and stale:
             self.item_text_cache, self.cache_step = self.encode_catalog_text(), self.global_step
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        items = self.batch_item_vectors(batch["items"])
-        users, positive = self.encode_users(batch, self.item_text_cache, every_position=True), batch["positive"]
+        columns, positive = self._columns(batch)
+        items = self.batch_item_vectors(columns)
+        users = self.encode_users(batch, self.item_text_cache, every_position=True)
         if users.dim() == 3:  # one row per (window, position) target
             users, positive = users[positive >= 0], positive[positive >= 0]
-        loss = self.loss(users, items, positive, batch["items"])
+        loss = self.loss(users, items, positive, columns)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(positive))
         self.log("train/temperature", self.loss.temperature, batch_size=len(positive))
         return loss
+
+    def _columns(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The softmax's item columns (M,) and each target's column: the batch's items, or the whole catalog."""
+        if self.loss.config.negatives == "batch":
+            return batch["items"], batch["positive"]
+        positive = batch["positive"]
+        as_items = torch.where(positive >= 0, batch["items"][positive.clamp(min=0)], positive)
+        return torch.arange(self.hparams.num_items, device=positive.device), as_items
 
     # ----- evaluation ---------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:

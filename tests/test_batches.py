@@ -63,3 +63,18 @@ def test_window_batches_align_the_profile_target_with_the_profile_state(tiny_dat
     assert batch["history_mask"].tolist() == [[1, 0], [1, 1]]
     with pytest.raises(ValueError, match="min_history"):
         RecDataModule("files", tiny_dataset["interactions"], tiny_dataset["items"], min_history=-1)
+
+
+def test_validation_samples_a_fixed_set_of_users_and_test_ranks_them_all(tiny_dataset, tiny_bert):
+    from recsys_tt.datamodule import RecDataModule
+
+    def loaders(seed):
+        data = RecDataModule("files", tiny_dataset["interactions"], tiny_dataset["items"], backbone=tiny_bert,
+                             val_users=5, seed=seed, eval_batch_size=2)
+        return list(data.val_dataloader().dataset), list(data.test_dataloader().dataset)
+
+    valid, test = loaders(0)
+    assert len(valid) == 5 and valid == sorted(set(valid)) and set(valid) < set(test)
+    assert len(test) == 8 and loaders(0)[0] == valid and loaders(1)[0] != valid
+    with pytest.raises(ValueError, match="val_users"):
+        RecDataModule("files", tiny_dataset["interactions"], tiny_dataset["items"], val_users=0)

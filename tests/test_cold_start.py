@@ -83,7 +83,8 @@ def test_cold_user_script_prints_every_row_and_plots(flat_export, tmp_path, caps
         new, index=False)
     evaluate_cold_users.main(str(flat_export), str(new), context_sizes=[0, 1], k=2, plot=str(tmp_path / "p.png"))
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    assert [(r["context_items"], r["ranker"]) for r in lines][-1] == (1, "popularity") and len(lines) == 4  # no profiles
+    rankers = [(r["context_items"], r["ranker"]) for r in lines]
+    assert rankers[-1] == (1, "popularity") and len(lines) == 4  # no profile ranker without profiles
     assert (tmp_path / "p.png").stat().st_size > 0
     with pytest.raises(ValueError, match="context_sizes"):
         evaluate_cold_users.main(str(flat_export), str(new), context_sizes=[-1])

@@ -73,3 +73,16 @@ def test_missing_and_unsupported_files_are_refused(tmp_path, tiny_dataset):
     odd.write_text("x")
     with pytest.raises(DataError, match="unsupported extension"):
         load_interaction_data(tiny_dataset["interactions"], odd)
+
+
+def test_rated_catalog_drops_items_without_interactions(tmp_path, tiny_dataset):
+    items = pd.read_csv(tiny_dataset["items"])
+    extra = pd.concat([items.iloc[:3], pd.DataFrame({"item_id": ["unrated"], "title": ["Never seen"],
+                                                     "genres": ["Drama"]}), items.iloc[3:]])
+    extra.to_csv(tmp_path / "items_extra.csv", index=False)
+    everything = load_interaction_data(tiny_dataset["interactions"], tmp_path / "items_extra.csv", catalog="all")
+    rated = load_interaction_data(tiny_dataset["interactions"], tmp_path / "items_extra.csv", catalog="rated")
+    assert everything.num_items == 13 and "unrated" in set(everything.items["item_id"])
+    assert rated.items["item_id"].tolist() == items["item_id"].tolist()
+    assert [rated.items["item_id"][s].tolist() for s in rated.sequences] == [
+        everything.items["item_id"][s].tolist() for s in everything.sequences]

@@ -141,3 +141,15 @@ def test_cross_batch_memory_adds_earlier_columns_with_their_logq_and_masks_their
 def test_negative_memory_size_is_refused():
     with pytest.raises(ValueError, match="memory_size"):
         LossConfig(memory_size=-1)
+
+
+def test_catalog_negatives_are_the_full_softmax_without_logq():
+    """Every item is a column: plain cross-entropy over the catalog, whatever the items' frequencies."""
+    loss = InBatchSoftmax(LossConfig(temperature=0.1, negatives="catalog"), num_items=5)
+    loss.set_item_counts(torch.tensor([100, 1, 1, 1, 1]))  # logQ would penalise item 0 heavily
+    user, item = _vectors(3), _vectors(5, seed=4)
+    positive = torch.tensor([0, 0, 3])
+    got = loss(user, item, positive, torch.arange(5))
+    assert got.item() == pytest.approx(_reference(user, item, positive, 0.1), rel=1e-5)
+    with pytest.raises(ValueError, match="memory_size: 0"):
+        LossConfig(negatives="catalog", memory_size=8)

@@ -50,3 +50,17 @@ def test_catalog_cache_is_encoded_only_when_a_batch_reads_it(tiny_bert):
     assert module.item_text_cache is None
     module.on_train_batch_start({"items": torch.tensor([0, 1, 2, 3])}, 1)  # one is a cached negative
     assert module.item_text_cache is not None and module.item_text_cache.shape == (6, 32)
+
+
+def test_catalog_negatives_make_every_item_a_column_with_the_same_targets(tiny_bert):
+    from recsys_tt.loss import LossConfig
+
+    batch = {"items": torch.tensor([1, 4, 5]), "positive": torch.tensor([[2, 0, -1], [1, 1, 0]])}
+    by_batch = TwoTowerModule(num_items=6, tower=TowerConfig(backbone=tiny_bert))
+    by_catalog = TwoTowerModule(num_items=6, tower=TowerConfig(backbone=tiny_bert),
+                                loss=LossConfig(negatives="catalog"))
+    columns, positive = by_batch._columns(batch)
+    all_columns, all_positive = by_catalog._columns(batch)
+    assert all_columns.tolist() == list(range(6))
+    assert torch.equal(all_positive >= 0, positive >= 0)
+    assert torch.equal(all_columns[all_positive[positive >= 0]], columns[positive[positive >= 0]])

@@ -34,10 +34,12 @@ def _trainable(cli) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in cli.model.named_parameters() if v.requires_grad}
 
 
-@pytest.mark.parametrize("user_input, memory", [("item_vectors", 0), ("text", 0), ("item_vectors", 16)])
-def test_fit_then_test_reports_full_ranking_metrics(tmp_path, tiny_dataset, tiny_bert, user_input, memory):
+@pytest.mark.parametrize("user_input, memory, negatives", [
+    ("item_vectors", 0, "batch"), ("text", 0, "batch"), ("item_vectors", 16, "batch"), ("item_vectors", 0, "catalog"),
+    ("text", 0, "catalog")])
+def test_fit_then_test_reports_full_ranking_metrics(tmp_path, tiny_dataset, tiny_bert, user_input, memory, negatives):
     cli = main(_args(tmp_path, tiny_dataset, tiny_bert, 4, "--model.tower.user_input", user_input,
-                     "--model.loss.memory_size", str(memory)))
+                     "--model.loss.memory_size", str(memory), "--model.loss.negatives", negatives))
     assert (cli.model.loss.memory is None) == (memory == 0)
     if memory:
         assert len(cli.model.loss.memory[1]) == memory  # filled by earlier batches, capped
