@@ -61,6 +61,11 @@ class TowerConfig:
     """One adapter for both towers instead of one per tower (the frozen base is always shared)."""
     user_input: Literal["text", "item_vectors"] = "item_vectors"
     """Users as text (profile + recent item names) or as their history items' vectors after a profile prefix."""
+    user_layers: int | None = None
+    """Item-vector users pass through only the backbone's first this many blocks (None: all of them). A history of
+    item vectors is not language, so the upper blocks add little there, and each block dropped saves its share of
+    the user tower's cost; the item tower always uses every block. Under DDP the user adapter's skipped blocks get
+    no gradient: set the strategy's ``find_unused_parameters``."""
     item_id_embeddings: bool = True
     """Add a learned id vector to the text vector of items seen in training."""
     backbone_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -83,6 +88,8 @@ class TowerConfig:
             raise ValueError("user_pooling: cls cannot summarise a causal item history; use mean or last.")
         if self.bucket_rows is not None and self.bucket_rows <= 0:
             raise ValueError(f"bucket_rows must be positive or null, got {self.bucket_rows}.")
+        if self.user_layers is not None and (self.user_layers <= 0 or self.user_input != "item_vectors"):
+            raise ValueError(f"user_layers ({self.user_layers}) must be positive and needs user_input: item_vectors.")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
 
@@ -162,6 +169,31 @@ def attention_kernels(device: torch.device, checkpointed: bool):
     return sdpa_kernel(SDPBackend.MATH) if training_on_cpu else contextlib.nullcontext()
 
 
+def block_list(model: nn.Module) -> tuple[nn.Module, str]:
+    """The module that holds a backbone's transformer blocks, and its attribute (BERT: encoder.layer, Llama: layers)."""
+    count = model.config.num_hidden_layers
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            parent, _, attribute = name.rpartition(".")
+            return model.get_submodule(parent), attribute
+    raise ValueError(f"Found no list of {count} blocks in {type(model).__name__}; user_layers needs one.")
+
+
+@contextlib.contextmanager
+def first_blocks(model: nn.Module, count: int | None):
+    """Runs ``model`` through its first ``count`` blocks only (None: all): the block list is cut for the call."""
+    if count is None:
+        yield
+        return
+    parent, attribute = block_list(model)
+    blocks = getattr(parent, attribute)
+    setattr(parent, attribute, blocks[:count])
+    try:
+        yield
+    finally:
+        setattr(parent, attribute, blocks)
+
+
 def running_pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     """(B, T, H) -> (B, T, H): position t pooled over positions <= t (mean) or itself (last)."""
     if how == "last":
@@ -214,6 +246,9 @@ class TwoTower(nn.Module):
             nn.init.zeros_(self.item_ids.weight)  # step 0 is the pure text model
             seen = torch.ones(num_items, dtype=torch.bool) if seen_items is None else seen_items.bool()
             self.register_buffer("seen_items", seen, persistent=True)
+        if config.user_layers is not None and config.user_layers > backbone.config.num_hidden_layers:
+            raise ValueError(f"user_layers {config.user_layers} exceeds the backbone's "
+                             f"{backbone.config.num_hidden_layers} blocks.")
         if config.user_input == "item_vectors":
             self.history_in = nn.Linear(self.dim, hidden)
             # The profile's padding sits between it and the history, so positions must skip it (else a user's
@@ -294,7 +329,8 @@ class TwoTower(nn.Module):
         mask = torch.cat([prefix_mask, history_mask.to(prefix_mask.dtype)], dim=1)  # (B, T)
         attention = causal_mask(mask, self.encoder.config._attn_implementation, words.dtype)
         positions = {"position_ids": (mask.cumsum(1) - 1).clamp(min=0)} if self._takes_positions else {}
-        with attention_kernels(words.device, self.config.gradient_checkpointing):
+        with (attention_kernels(words.device, self.config.gradient_checkpointing),
+              first_blocks(self.encoder, self.config.user_layers)):
             hidden = self.encoder(inputs_embeds=torch.cat([words, items], dim=1), attention_mask=attention,
                                   **positions)
         pooled = running_pool(hidden.last_hidden_state, mask, self.config.pooling_of("user"))

@@ -203,3 +203,36 @@ def test_frozen_base_dropout_is_off_unless_asked_for(tiny_bert):
     default, kept = _tower(tiny_bert, lora_dropout=0.05), _tower(tiny_bert, backbone_dropout=True)
     assert dropout_rates(default, lora=False) == {0.0} and dropout_rates(default, lora=True) == {0.05}
     assert max(dropout_rates(kept, lora=False)) > 0
+
+
+@pytest.mark.parametrize("backbone", ["tiny_bert", "tiny_llama"])
+def test_user_layers_read_history_through_the_first_blocks_only(request, backbone):
+    from recsys_tt.towers import block_list
+
+    path = request.getfixturevalue(backbone)
+    torch.manual_seed(0)
+    tower = _tower(path, user_input="item_vectors", user_layers=1).eval()
+    cut_backbone = load_model(path)
+    parent, attribute = block_list(cut_backbone)
+    setattr(parent, attribute, getattr(parent, attribute)[:1])
+    cut_backbone.config.num_hidden_layers = 1
+    cut = TwoTower(cut_backbone, TowerConfig(backbone=path, user_input="item_vectors"), num_items=6).eval()
+    missing, _ = cut.load_state_dict(tower.state_dict(), strict=False)
+    assert not missing  # the 1-block tower is the 2-block one with its upper block removed
+    prefix, history = torch.tensor([[101, 2000, 102]]), torch.nn.functional.normalize(torch.randn(1, 3, 32), dim=-1)
+    args = (prefix, torch.ones_like(prefix), history, torch.ones(1, 3, dtype=torch.long))
+    assert torch.allclose(tower.encode_user_history(*args), cut.encode_user_history(*args), atol=1e-5)
+    assert len(getattr(*block_list(tower.encoder))) == 2  # the item tower keeps both blocks
+    ids, mask = _tokens()
+    full = _tower(path, user_input="item_vectors").eval()
+    full.load_state_dict(tower.state_dict())
+    assert torch.allclose(tower.encode_item_text(ids, mask), full.encode_item_text(ids, mask), atol=1e-6)
+    assert not torch.allclose(tower.encode_user_history(*args), full.encode_user_history(*args), atol=1e-4)
+    with pytest.raises(ValueError, match="exceeds the backbone's 2 blocks"):
+        _tower(path, user_input="item_vectors", user_layers=3)
+
+
+@pytest.mark.parametrize("bad", [dict(user_layers=0), dict(user_layers=1, user_input="text")])
+def test_nonsense_user_layers_are_refused(bad):
+    with pytest.raises(ValueError, match="user_layers"):
+        TowerConfig(**bad)
