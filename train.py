@@ -17,6 +17,7 @@ import logging
 from typing import Literal
 
 import torch
+from jsonargparse import set_parsing_settings
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
@@ -68,6 +69,7 @@ class TwoTowerCLI(LightningCLI):
 def main(args: list[str] | None = None) -> TwoTowerCLI:
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("recsys_tt").setLevel(logging.INFO)
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # config dataclasses document options this way
     return TwoTowerCLI(TwoTowerModule, RecDataModule, args=args, save_config_kwargs={"overwrite": True})
 
 

@@ -85,8 +85,11 @@ class LossConfig:
     temperature: float = 0.05
     """Initial temperature (it divides cosine similarities)."""
     learn_temperature: bool = True
+    """Train the temperature (as its log) with the rest of the model; off keeps it fixed."""
     min_temperature: float = 0.01
+    """Lower clamp of the learned temperature."""
     max_temperature: float = 1.0
+    """Upper clamp of the learned temperature."""
     logq_correction: bool = True
     """Subtract log item frequency (from training data) from every logit."""
     negatives: Literal["batch", "catalog"] = "batch"

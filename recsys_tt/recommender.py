@@ -42,11 +42,15 @@ class ServingConfig:
     diversity_lambda: float = 1.0
     """MMR trade-off: 1 = pure relevance, lower = more diverse slates."""
     max_k: int = 100
+    """Largest slate a request may ask for."""
     max_text_chars: int = 5000
+    """Longest profile text a request may send."""
     max_recent_items: int = 500
+    """Most recent item ids a request may send."""
     cache_size: int = 100_000
     """User vectors kept in the LRU cache."""
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+    """How slates explore beyond the best-scored candidates, with logged propensities."""
 
     def __post_init__(self) -> None:
         for name in ("candidates", "max_k", "max_text_chars", "max_recent_items", "cache_size"):

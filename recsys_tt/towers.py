@@ -52,8 +52,12 @@ class TowerConfig:
     projection_dim: int | None = None
     """Output dimension of a linear head after pooling; None keeps the backbone's hidden size."""
     lora_r: int = 8
+    """Rank of each LoRA update (its trainable size grows linearly with it)."""
     lora_alpha: int = 16
+    """LoRA scale numerator: updates are multiplied by lora_alpha / lora_r."""
     lora_dropout: float = 0.05
+    """Dropout on each adapted layer's input to its LoRA branch (training only); costly on CPU, where every adapted
+    layer draws a mask over its whole input."""
     lora_targets: list[str] | str | None = None
     """Module names LoRA adapts, or "all-linear" (every linear layer of the blocks, any architecture); None picks
     per-architecture defaults (query/value for BERT-likes)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -120,3 +121,16 @@ def tiny_llama(tmp_path_factory) -> str:
     LlamaModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+def undocumented_options(help_text: str, prefixes: tuple[str, ...]) -> list[str]:
+    """Options among ``prefixes`` whose --help entry holds nothing but its type and default."""
+    entries = re.split(r"\n  (?=--)", help_text)
+    bare = []
+    for entry in entries:
+        name = entry.split()[0] if entry.strip() else ""
+        if name.startswith(prefixes):
+            described = re.sub(r"^\S+( \S+)?(, \S+( \S+)?)?", "", entry).split("(type:")[0]
+            if not described.strip():
+                bare.append(name)
+    return bare

@@ -7,8 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import undocumented_options
 from fastapi.testclient import TestClient
-from jsonargparse import auto_cli
 
 from recsys_tt.explore import ExplorationConfig
 from recsys_tt.export import ExportFolder
@@ -151,11 +151,20 @@ def test_the_shipped_serving_config_parses(capsys):
     import serve
 
     with pytest.raises(SystemExit) as done:
-        auto_cli(serve.main, as_positional=False,
-                 args=["--config", "configs/serve.yaml", "--export", "exports/x", "--print_config"])
+        serve.cli(["--config", "configs/serve.yaml", "--export", "exports/x", "--print_config"])
     assert done.value.code == 0
     printed = capsys.readouterr().out
     assert "temperature: 0.05" in printed and "candidates: 200" in printed
+
+
+def test_serve_help_describes_every_serving_option(capsys):
+    import serve
+
+    with pytest.raises(SystemExit):
+        serve.cli(["--help"])
+    text = capsys.readouterr().out
+    assert "--serving.exploration.temperature" in text
+    assert undocumented_options(text, ("--serving.",)) == []
 
 
 def test_server_refuses_an_incomplete_or_tampered_export(flat_export, tmp_path):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import TINY_TEMPLATES
+from conftest import TINY_TEMPLATES, undocumented_options
 from conftest import train_args as _args
 
 from recsys_tt.towers import is_base_weight
@@ -132,3 +132,11 @@ def test_every_shipped_config_parses(config, capsys):
         main(["fit", "--config", str(config), "--print_config"])
     assert done.value.code == 0
     assert "tower:" in capsys.readouterr().out
+
+
+def test_help_describes_every_tower_loss_and_data_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = capsys.readouterr().out
+    assert "--model.tower.lora_r" in text and "--model.loss.negatives" in text
+    assert undocumented_options(text, ("--model.tower.", "--model.loss.", "--data.")) == []

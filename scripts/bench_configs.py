@@ -1,0 +1,65 @@
+"""Training speed of configs on their own data: seconds per step, targets/s and peak RSS, one process per run.
+
+    python scripts/bench_configs.py                # ML-100K default; ML-1M with that config; ML-1M's own config
+    python scripts/bench_configs.py --steps 50 --runs '{"mine": ["configs/ml1m_minilm.yaml", "--data.batch_size", "32"]}'
+
+Each run is `train.py fit` with the given arguments, no validation or test, for ``warmup + steps`` steps, the last
+``steps`` of them timed by ``recsys_tt.step_timer.StepTimer``: catalog refreshes and the EMA callback count at the rate
+their config sets, so time enough steps to include refreshes (ML-100K refreshes every 20 steps, ML-1M's config every
+50).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import tempfile
+
+from jsonargparse import auto_cli
+
+DEFAULT_RUNS = {
+    "ML-100K, ml100k_minilm.yaml": ["configs/ml100k_minilm.yaml"],
+    "ML-1M, ml100k_minilm.yaml": ["configs/ml100k_minilm.yaml", "--data.dataset", "ml-1m"],
+    "ML-1M, ml1m_minilm.yaml": ["configs/ml1m_minilm.yaml"],
+}
+
+
+def _run(args: list[str], steps: int, warmup: int, queue) -> None:
+    from recsys_tt.step_timer import StepTimer
+    from train import main
+
+    with tempfile.TemporaryDirectory() as root:
+        cli = main(["fit", "--config", *args, "--trainer.max_steps", str(warmup + steps),
+                    "--trainer.limit_val_batches", "0", "--test_after_fit", "false",
+                    "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", root,
+                    "--trainer.callbacks+", f'{{"class_path": "recsys_tt.step_timer.StepTimer", '
+                                           f'"init_args": {{"warmup": {warmup}}}}}'])
+        timer = next(c for c in cli.trainer.callbacks if isinstance(c, StepTimer))
+        queue.put(timer.report())
+
+
+def main(runs: dict[str, list[str]] | None = None, steps: int = 100, warmup: int = 5) -> None:
+    """Times each run in its own process and prints a table.
+
+    Args:
+        runs: row name -> train.py arguments after `fit --config` (a config path, then overrides).
+        steps: timed steps per run.
+        warmup: untimed steps first (the first catalog encoding falls here).
+    """
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for name, args in (runs or DEFAULT_RUNS).items():
+        queue = context.Queue()
+        process = context.Process(target=_run, args=(args, steps, warmup, queue))
+        process.start()
+        process.join()
+        if queue.empty():
+            raise RuntimeError(f"Run {name!r} failed (exit code {process.exitcode}); its error is printed above.")
+        rows.append((name, queue.get()))
+    print(f"\n{'run':<36} {'s/step':>7} {'targets/s':>10} {'peak RSS GB':>12}")
+    for name, report in rows:
+        print(f"{name:<36} {1 / report['steps_per_s']:>7.2f} {report['targets_per_s']:>10.0f} "
+              f"{report['peak_rss_gb']:>12.2f}")
+
+
+if __name__ == "__main__":
+    auto_cli(main, as_positional=False)
