@@ -1,7 +1,7 @@
 """Training speed of configs on their own data: seconds per step, targets/s and peak RSS, one process per run.
 
     python scripts/bench_configs.py                # ML-100K default; ML-1M with that config; ML-1M's own config
-    python scripts/bench_configs.py --steps 50 --runs '{"mine": ["configs/ml1m_minilm.yaml", "--data.batch_size", "32"]}'
+    python scripts/bench_configs.py --steps 50 --runs '{"b32": ["configs/ml1m_minilm.yaml", "--data.batch_size", "32"]}'
 
 Each run is `train.py fit` with the given arguments, no validation or test, for ``warmup + steps`` steps, the last
 ``steps`` of them timed by ``recsys_tt.step_timer.StepTimer``: catalog refreshes and the EMA callback count at the rate
