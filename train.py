@@ -29,6 +29,11 @@ log = logging.getLogger("recsys_tt.train")
 
 
 class TwoTowerCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """fit, validate and test; offline scoring is scripts/score_offline.py (the module has no predict step)."""
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name != "predict"}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=True, help="Run `test` once fitting ends.")
         parser.add_argument("--test_on", type=Literal["best", "last"], default="best",

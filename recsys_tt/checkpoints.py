@@ -45,11 +45,29 @@ def load_trainable(module: TwoTowerModule, state: dict[str, torch.Tensor], sourc
                          f"unexpected {unexpected[:5]}.")
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or the best-validation checkpoint of a run folder (``runs/NAME/version_N``) or of the
+    newest version of ``runs/NAME``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No checkpoint or run folder at {path}.")
+    if path.is_file():
+        return path
+    versions = [p for p in path.glob("version_*") if p.name.removeprefix("version_").isdigit()]
+    newest = max(versions, key=lambda p: int(p.name.removeprefix("version_")), default=path)
+    run = path if (path / "checkpoints").is_dir() else newest
+    best = sorted((run / "checkpoints").glob("best-*.ckpt"))
+    if len(best) != 1:
+        raise FileNotFoundError(f"{run} holds {len(best)} best-validation checkpoints (checkpoints/best-*.ckpt); "
+                                "pass the checkpoint file itself.")
+    return best[0]
+
+
 def load_checkpoint(path: str | Path) -> tuple[TwoTowerModule, RecDataModule]:
     """The trained module (eval mode, item tokens attached) and the datamodule of a train.py checkpoint."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"No checkpoint at {path}.")
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint file at {path}; resolve_checkpoint finds one in a run folder.")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     needed = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")
     if any(key not in ckpt for key in needed):

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from recsys_tt.batches import UserFeatures
-from recsys_tt.checkpoints import build_module, load_checkpoint, load_trainable, pick_device
+from recsys_tt.checkpoints import build_module, load_checkpoint, load_trainable, pick_device, resolve_checkpoint
 from recsys_tt.data import LeaveOneOut
 from recsys_tt.datamodule import RecDataModule
 from recsys_tt.files import sha256_file
@@ -99,6 +99,7 @@ def export_model(checkpoint: str | Path, out: str | Path, factory: str = "Flat",
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite true to replace it (the old folder stays until "
                               "the new one is complete).")
+    checkpoint = resolve_checkpoint(checkpoint)
     module, data = load_checkpoint(checkpoint)
     module.to(pick_device(device))
     text, vectors = catalog_vectors(module)

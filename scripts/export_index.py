@@ -1,7 +1,6 @@
 """Export a trained checkpoint to a folder that scoring and serving need nothing else for.
 
-    # CKPT: runs/ml100k_minilm/version_0/checkpoints/best-step=150.ckpt (the tested one) or last.ckpt
-    python scripts/export_index.py --checkpoint CKPT --out exports/ml100k
+    python scripts/export_index.py --checkpoint runs/ml100k_minilm --out exports/ml100k   # newest run's best
     python scripts/export_index.py --checkpoint CKPT --out DIR --factory "IVF64,PQ16" --search_params "nprobe=8"
 """
 
@@ -20,7 +19,8 @@ def main(checkpoint: str, out: str, factory: str = "Flat", search_params: str = 
     """Encode the catalog with a checkpoint's towers and write index, vectors, id maps, weights and meta.json.
 
     Args:
-        checkpoint: a train.py checkpoint (e.g. runs/<name>/version_N/checkpoints/best-step=150.ckpt or last.ckpt).
+        checkpoint: a train.py checkpoint file (e.g. .../checkpoints/last.ckpt), or a run folder
+            (runs/<name>/version_N) or runs/<name> (its newest version), whose best-validation checkpoint is taken.
         out: export folder to create (written atomically).
         factory: FAISS index-factory string: Flat, HNSW32, IVF1024,Flat, IVF1024,PQ32, ...
         search_params: FAISS search parameters stored with the index, e.g. "nprobe=16" or "efSearch=64".

@@ -209,3 +209,24 @@ def test_two_process_ddp_scoring_merges_shards_into_the_single_process_result(fl
     assert ddp[["user_id", "item_id", "rank"]].equals(one[["user_id", "item_id", "rank"]])
     assert np.allclose(ddp["score"], one["score"], atol=1e-5)
     assert not list(tmp_path.glob("*.shard-*"))  # shards merged and removed
+
+
+def test_a_run_folder_resolves_to_its_best_validation_checkpoint(trained, tmp_path):
+    import shutil
+
+    from recsys_tt.checkpoints import resolve_checkpoint
+
+    runs = shutil.copytree(trained[0].parents[2], tmp_path / "runs")  # the session's run stays untouched
+    best = runs / trained[0].relative_to(trained[0].parents[2])  # runs/version_0/checkpoints/best-step=N.ckpt
+    run = best.parents[1]
+    assert resolve_checkpoint(best) == best
+    assert resolve_checkpoint(run) == best and resolve_checkpoint(run.parent) == best
+    newer = run.parent / "version_10" / "checkpoints"
+    newer.mkdir(parents=True)
+    (newer / "best-step=2.ckpt").write_bytes(b"")
+    assert resolve_checkpoint(run.parent) == newer / "best-step=2.ckpt"  # version 10 is newer than version 2
+    (newer / "best-step=4.ckpt").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="holds 2 best-validation checkpoints"):
+        resolve_checkpoint(run.parent)
+    with pytest.raises(FileNotFoundError, match="No checkpoint or run folder"):
+        resolve_checkpoint(tmp_path / "nowhere")

@@ -140,3 +140,12 @@ def test_help_describes_every_tower_loss_and_data_option(capsys):
     text = capsys.readouterr().out
     assert "--model.tower.lora_r" in text and "--model.loss.negatives" in text
     assert undocumented_options(text, ("--model.tower.", "--model.loss.", "--data.")) == []
+
+
+def test_predict_is_not_offered(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "{fit,validate,test}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        main(["predict"])
+    assert done.value.code != 0
