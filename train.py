@@ -14,6 +14,7 @@ Every option: python train.py fit --help
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Literal
 
 import torch
@@ -24,6 +25,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from recsys_tt.datamodule import RecDataModule
 from recsys_tt.metrics import ranking_metrics
 from recsys_tt.module import TwoTowerModule
+from recsys_tt.progress import ProgressLog
 
 log = logging.getLogger("recsys_tt.train")
 
@@ -44,6 +46,9 @@ class TwoTowerCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "best_checkpoint")
         parser.set_defaults({"best_checkpoint.monitor": "val/ndcg@10", "best_checkpoint.mode": "max",
                              "best_checkpoint.filename": "best-{step}"})
+        # Log files (a cluster job's output) get plain progress lines; a progress bar only where a terminal shows it.
+        parser.add_lightning_class_args(ProgressLog, "progress_log")
+        parser.set_defaults({"trainer.enable_progress_bar": sys.stderr.isatty()})
         parser.link_arguments("model.tower.backbone", "data.backbone")
         parser.link_arguments("model.tower.user_input", "data.user_input")
         parser.link_arguments("data.num_items", "model.num_items", apply_on="instantiate")

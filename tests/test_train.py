@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -149,3 +150,13 @@ def test_predict_is_not_offered(capsys):
     with pytest.raises(SystemExit) as done:
         main(["predict"])
     assert done.value.code != 0
+
+
+def test_training_logs_plain_progress_lines_with_a_whole_run_eta(tmp_path, tiny_dataset, tiny_bert, caplog):
+    caplog.set_level("INFO", logger="recsys_tt.progress")
+    main(_args(tmp_path, tiny_dataset, tiny_bert, 3, "--progress_log.every_s", "1e-9", "--test_after_fit", "false"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "recsys_tt.progress"]
+    assert [line.split(" (")[0] for line in lines] == ["step 1/3", "step 2/3", "step 3/3"]
+    assert all(re.search(r"loss \d+\.\d{4}, \d+ targets/s, elapsed 0:00:\d\d, ETA 0:00:\d\d$", line) for line in lines)
+    with pytest.raises(ValueError, match="every_s must be positive"):
+        main(_args(tmp_path, tiny_dataset, tiny_bert, 3, "--progress_log.every_s", "0"))
