@@ -43,7 +43,8 @@ def plot_curves(metrics_csv: str | Path, out: str | Path, metric: str = "ndcg@10
             curve = frame[["step", name]].dropna()
             right.plot(curve["step"], curve[name], marker="o", label=name)
     right.set(xlabel="step", title="validation (full ranking)")
-    right.legend()
+    if right.get_legend_handles_labels()[0]:  # a run without validation has nothing to label
+        right.legend()
     return _save(plt, fig, out)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -139,6 +140,15 @@ def default_lora_targets(model: nn.Module) -> list[str] | str:
     return "all-linear"
 
 
+def enable_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant activation checkpointing, through the API transformers keeps from v6 on where it has it."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     """(B, T, H), (B, T) -> (B, H)."""
     if how == "cls":
@@ -236,11 +246,13 @@ class TwoTower(nn.Module):
             # it would hold parameters that never get a gradient, which DDP refuses.
             backbone.pooler = None
         if config.gradient_checkpointing:
-            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(backbone)
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                           target_modules=config.lora_targets or default_lora_targets(backbone))
         self.adapters = ["shared"] if config.shared_adapter else ["item", "user"]
-        self.encoder = get_peft_model(backbone, lora, adapter_name=self.adapters[0])
+        with warnings.catch_warnings():  # peft asks the deprecated is_gradient_checkpointing; not ours to fix
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            self.encoder = get_peft_model(backbone, lora, adapter_name=self.adapters[0])
         for name in self.adapters[1:]:
             self.encoder.add_adapter(name, lora)
         self._adapter_params = [p for n, p in self.encoder.named_parameters() if "lora_" in n]

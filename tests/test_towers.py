@@ -236,3 +236,13 @@ def test_user_layers_read_history_through_the_first_blocks_only(request, backbon
 def test_nonsense_user_layers_are_refused(bad):
     with pytest.raises(ValueError, match="user_layers"):
         TowerConfig(**bad)
+
+
+def test_building_towers_raises_no_deprecation_warnings(tiny_bert):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        tower = _tower(tiny_bert, gradient_checkpointing=True, lora_targets="all-linear")
+    assert tower.encoder.base_model.model.is_activation_checkpointing
