@@ -11,15 +11,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recsys_tt.data import DataError, read_table, require_columns
+from recsys_tt.data import DataError, read_ids
 from recsys_tt.export import ExportFolder, swap_into_place
 from recsys_tt.text import render_table, tokenize_table
 
 
 def _new_items(path: str | Path, existing: pd.Series) -> pd.DataFrame:
-    frame = read_table(path)
-    require_columns(frame, ["item_id"], path)
-    frame = frame.assign(item_id=frame["item_id"].astype(str).str.strip())
+    frame = read_ids(path, ["item_id"])
     repeated = frame["item_id"][frame["item_id"].duplicated()]
     if len(repeated):
         raise DataError(f"{path} lists item_id {repeated.iloc[0]!r} more than once; ids must be unique.")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from recsys_tt.batches import pad_rows
-from recsys_tt.data import DataError, parse_timestamps, read_table, require_columns, user_sequences
+from recsys_tt.data import DataError, parse_timestamps, read_ids, user_sequences
 from recsys_tt.export import ExportFolder
 from recsys_tt.metrics import exclude_seen, ranking_metrics, target_ranks
 from recsys_tt.text import render_table
@@ -25,11 +25,10 @@ from recsys_tt.text import render_table
 
 def cold_item_metrics(export: ExportFolder, future: str, k: int = 10) -> dict[str, float]:
     """Recall@k, hit rate@k and NDCG@k of users' future cold items ranked among all unseen cold items."""
-    frame = read_table(future)
-    require_columns(frame, ["user_id", "item_id"], future)
+    frame = read_ids(future, ["user_id", "item_id"])
     cold = np.flatnonzero(export.items["train_count"].to_numpy() == 0)
-    rows = frame["item_id"].astype(str).map(export.item_rows)
-    frame = frame.assign(user_id=frame["user_id"].astype(str), row=rows)[rows.isin(cold)]
+    rows = frame["item_id"].map(export.item_rows)
+    frame = frame.assign(row=rows)[rows.isin(cold)]
     users = {u: i for i, u in enumerate(export.users["user_id"].astype(str))}
     frame = frame[frame["user_id"].isin(users)]
     targets = frame.groupby("user_id")["row"].apply(lambda r: set(r.astype(int)))
@@ -89,17 +88,16 @@ def new_user_metrics(export: ExportFolder, interactions: str, users: str | None,
 
 
 def _new_user_sequences(export: ExportFolder, interactions: str) -> tuple[list[str], list[np.ndarray]]:
-    frame = read_table(interactions)
-    require_columns(frame, ["user_id", "item_id", "timestamp"], interactions)
-    rows = frame["item_id"].astype(str).map(export.item_rows)
+    frame = read_ids(interactions, ["user_id", "item_id"], ("timestamp",))
+    rows = frame["item_id"].map(export.item_rows)
     if rows.isna().any():
         raise DataError(f"{interactions}: {int(rows.isna().sum())} interactions name items the export lacks (first: "
                         f"{frame['item_id'][rows.isna()].iloc[0]!r}); add them with scripts/add_items.py.")
-    known = frame["user_id"].astype(str).isin(set(export.users["user_id"].astype(str)))
+    known = frame["user_id"].isin(set(export.users["user_id"].astype(str)))
     if known.any():
         raise DataError(f"{interactions}: user {frame['user_id'][known].iloc[0]!r} was in training; new users must "
                         "not be (scripts/split_new_users.py holds users out).")
-    return user_sequences(frame["user_id"].astype(str), rows.astype("int64"),
+    return user_sequences(frame["user_id"], rows.astype("int64"),
                           parse_timestamps(frame["timestamp"], interactions))
 
 
@@ -107,9 +105,7 @@ def _profiles(export: ExportFolder, users: str | None, user_ids: list[str]) -> l
     """Profile texts through the export's template, or none without a users table."""
     if users is None:
         return []
-    table = read_table(users)
-    require_columns(table, ["user_id"], users)
-    table = table.assign(user_id=table["user_id"].astype(str)).set_index("user_id")
+    table = read_ids(users, ["user_id"]).set_index("user_id")
     missing = [u for u in user_ids if u not in table.index]
     if missing:
         raise DataError(f"{users} has no row for user {missing[0]!r} ({len(missing)} missing).")

@@ -46,6 +46,13 @@ def require_columns(frame: pd.DataFrame, columns: list[str], path: str | Path) -
         raise DataError(f"{path} lacks column(s) {missing}; it has {list(frame.columns)}.")
 
 
+def read_ids(path: str | Path, id_columns: list[str], other_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A table with its id columns normalised as training reads them (strings; "12.0" is "12"; blanks refused)."""
+    frame = read_table(path)
+    require_columns(frame, [*id_columns, *other_columns], path)
+    return frame.assign(**{column: _id_column(frame, column, path) for column in id_columns})
+
+
 def _id_column(frame: pd.DataFrame, column: str, path: str | Path) -> pd.Series:
     ids = frame[column]
     empty = ids.isna() | (ids.astype(str).str.strip() == "")
@@ -86,11 +93,8 @@ def load_interaction_data(interactions: str | Path, items: str | Path, users: st
     """
     item_frame = _load_items(items)
     user_frame = _load_users(users) if users else None
-    inter = read_table(interactions)
-    require_columns(inter, ["user_id", "item_id", "timestamp"], interactions)
-    inter = inter.assign(user_id=_id_column(inter, "user_id", interactions),
-                         item_id=_id_column(inter, "item_id", interactions),
-                         timestamp=parse_timestamps(inter["timestamp"], interactions))
+    inter = read_ids(interactions, ["user_id", "item_id"], ("timestamp",))
+    inter = inter.assign(timestamp=parse_timestamps(inter["timestamp"], interactions))
     if min_rating is not None:
         require_columns(inter, ["rating"], interactions)
         inter = inter[inter["rating"].astype(float) >= min_rating]
@@ -129,9 +133,7 @@ def user_sequences(users: pd.Series, items: pd.Series, timestamps: pd.Series) ->
 
 
 def _load_items(path: str | Path) -> pd.DataFrame:
-    frame = read_table(path)
-    require_columns(frame, ["item_id"], path)
-    frame = frame.assign(item_id=_id_column(frame, "item_id", path))
+    frame = read_ids(path, ["item_id"])
     duplicated = frame["item_id"].duplicated()
     if duplicated.any():
         row = int(np.flatnonzero(duplicated.to_numpy())[0])
@@ -142,9 +144,7 @@ def _load_items(path: str | Path) -> pd.DataFrame:
 
 
 def _load_users(path: str | Path) -> pd.DataFrame:
-    frame = read_table(path)
-    require_columns(frame, ["user_id"], path)
-    frame = frame.assign(user_id=_id_column(frame, "user_id", path))
+    frame = read_ids(path, ["user_id"])
     if frame["user_id"].duplicated().any():
         raise DataError(f"{path}: duplicate user_id {frame['user_id'][frame['user_id'].duplicated()].iloc[0]!r}.")
     return frame.set_index("user_id")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recsys_tt.data import read_table, require_columns
+from recsys_tt.data import read_ids
 from recsys_tt.explore import ExplorationConfig, position_marginals
 from recsys_tt.export import ExportFolder
 from recsys_tt.metrics import catalog_coverage, intra_list_diversity, novelty
@@ -66,10 +66,9 @@ class SimulatedUsers:
 
 def _future_rows(export: ExportFolder, path: str) -> dict[str, list[int]]:
     """user_id -> catalog rows of that user's future items (items outside the catalog are dropped)."""
-    frame = read_table(path)
-    require_columns(frame, ["user_id", "item_id"], path)
-    rows = frame["item_id"].astype(str).map(export.item_rows)
-    frame = frame.assign(user_id=frame["user_id"].astype(str), row=rows)[rows.notna()]
+    frame = read_ids(path, ["user_id", "item_id"])
+    rows = frame["item_id"].map(export.item_rows)
+    frame = frame.assign(row=rows)[rows.notna()]
     return frame.groupby("user_id")["row"].apply(lambda r: r.astype(int).tolist()).to_dict()
 
 

@@ -139,11 +139,15 @@ def test_added_items_match_a_fresh_encoding_and_can_be_retrieved(flat_export, tm
     rows, _ = search_excluding(export.index, export.vectors[12:], 1, [np.array([], dtype=np.int64)] * 2)
     assert rows[:, 0].tolist() == [12, 13]
     for bad in (pd.DataFrame({"item_id": ["n3", "n3"], "title": ["x", "y"], "genres": ["a", "b"]}),
-                pd.DataFrame({"item_id": ["i0"], "title": ["x"], "genres": ["a"]})):
+                pd.DataFrame({"item_id": ["i0"], "title": ["x"], "genres": ["a"]}),
+                pd.DataFrame({"item_id": [5005, None, 5006], "title": ["x", "y", "z"], "genres": ["a"] * 3})):
         bad.to_csv(new, index=False)
         with pytest.raises(DataError, match="item_id"):
             add_items(folder, new)
     assert ExportFolder.load(folder).meta["num_items"] == 14  # the failed additions changed nothing
+    pd.DataFrame({"item_id": [5005.0, 5006.0], "title": ["x", "y"], "genres": ["a", "b"]}).to_csv(new, index=False)
+    add_items(folder, new)
+    assert ExportFolder.load(folder).items["item_id"].tolist()[-2:] == ["5005", "5006"]  # ids as training reads them
 
 
 def test_bf16_training_metrics_are_reproduced_offline(tmp_path, tiny_bert):
