@@ -6,6 +6,8 @@ table, first appearance of users), and the maps between the two live here.
 
 from __future__ import annotations
 
+import codecs
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +34,30 @@ def read_table(path: str | Path) -> pd.DataFrame:
     builder = _FORMATS.get(path.suffix.lower())
     if builder is None:
         raise DataError(f"{path}: unsupported extension {path.suffix!r}; use one of {sorted(_FORMATS)}.")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty; it needs a header row and data rows.")
+    if builder != "parquet":
+        head = _require_utf8(path)
+        if builder == "csv" and len(list(itertools.islice((x for x in head.splitlines() if x.strip()), 2))) < 2:
+            raise DataError(f"{path} has no data rows (a header alone?).")
     kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     try:
         table = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as err:  # datasets raises many types for malformed files; all mean the same to the user
         raise DataError(f"{path} could not be parsed as {builder}: {err}") from err
     return table.to_pandas()
+
+
+def _require_utf8(path: Path, probe: int = 1 << 20) -> str:
+    """The file's first ``probe`` bytes as text; text tables must be UTF-8, anything else would give wrong ids and
+    texts, or a parser's puzzle."""
+    with open(path, "rb") as handle:
+        head = handle.read(probe)
+    try:
+        return codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < probe)
+    except UnicodeDecodeError as err:
+        kind = "UTF-16" if head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "not UTF-8 (Latin-1?)"
+        raise DataError(f"{path} is {kind}: byte {err.start} is not UTF-8; re-save the file as UTF-8.") from err
 
 
 def require_columns(frame: pd.DataFrame, columns: list[str], path: str | Path) -> None:
@@ -151,14 +171,17 @@ def _load_users(path: str | Path) -> pd.DataFrame:
 
 
 def parse_timestamps(column: pd.Series, path: str | Path) -> np.ndarray:
-    """Unix seconds from numbers or dates (ISO 8601 and the like); a bad value is refused with its row."""
+    """Unix seconds from numbers or dates (ISO 8601 and the like), cell by cell, so the two may mix; a bad value is
+    refused with its row."""
     if pd.api.types.is_numeric_dtype(column):
         values = column.to_numpy(dtype="float64")
-        bad = np.isnan(values)
     else:
-        parsed = pd.to_datetime(column, errors="coerce", utc=True, format="mixed")
-        values = parsed.astype("int64").to_numpy(dtype="float64") / 1e9
-        bad = parsed.isna().to_numpy()
+        text = column.astype(str).str.strip()
+        values = pd.to_numeric(text, errors="coerce").to_numpy(dtype="float64", copy=True)
+        dates = pd.to_datetime(text[np.isnan(values)], errors="coerce", utc=True, format="mixed")
+        seconds = ((dates - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(dtype="float64")
+        values[np.isnan(values)] = np.where(dates.isna().to_numpy(), np.nan, seconds)
+    bad = np.isnan(values)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise DataError(f"{path}, row {row + 2}: timestamp {column.iloc[row]!r} is not a number or a date; "

@@ -86,3 +86,27 @@ def test_rated_catalog_drops_items_without_interactions(tmp_path, tiny_dataset):
     assert rated.items["item_id"].tolist() == items["item_id"].tolist()
     assert [rated.items["item_id"][s].tolist() for s in rated.sequences] == [
         everything.items["item_id"][s].tolist() for s in everything.sequences]
+
+
+def test_timestamps_mix_unix_seconds_and_dates_and_a_bad_cell_is_named():
+    from recsys_tt.data import parse_timestamps
+
+    mixed = parse_timestamps(pd.Series(["878887116", "2020-01-01T00:00:00Z", "2020-01-01 00:00:10"]), "f.csv")
+    assert mixed.tolist() == [878887116.0, 1577836800.0, 1577836810.0]
+    with pytest.raises(DataError, match="row 3: timestamp 'yesterday'"):
+        parse_timestamps(pd.Series(["878887116", "yesterday", "878887117"]), "f.csv")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"user_id,item_id,timestamp\n", "no data rows"),
+    ("user_id,item_id,timestamp\nJos\xe9,i1,5\n".encode("latin-1"), r"not UTF-8 \(Latin-1\?\)"),
+    ("user_id,item_id,timestamp\nu1,i1,5\n".encode("utf-16"), "is UTF-16"),
+])
+def test_empty_header_only_and_non_utf8_tables_say_so(tmp_path, content, message):
+    from recsys_tt.data import read_table
+
+    path = tmp_path / "interactions.csv"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        read_table(path)
