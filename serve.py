@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from jsonargparse import auto_cli, set_parsing_settings
-
+from recsys_tt.cli import run
 from recsys_tt.recommender import Recommender, ServingConfig
 
 
@@ -36,10 +35,5 @@ def main(export: str, host: str = "127.0.0.1", port: int = 8000, log_dir: str | 
     uvicorn.run(create_app(recommender), host=host, port=port, log_level="warning")
 
 
-def cli(args: list[str] | None = None) -> None:
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # ServingConfig documents its options this way
-    auto_cli(main, as_positional=False, args=args)
-
-
 if __name__ == "__main__":
-    cli()
+    run(main)

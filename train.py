@@ -18,10 +18,10 @@ import sys
 from typing import Literal
 
 import torch
-from jsonargparse import set_parsing_settings
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from recsys_tt.cli import document_options, user_errors
 from recsys_tt.datamodule import RecDataModule
 from recsys_tt.metrics import ranking_metrics
 from recsys_tt.module import TwoTowerModule
@@ -79,9 +79,10 @@ class TwoTowerCLI(LightningCLI):
 def main(args: list[str] | None = None) -> TwoTowerCLI:
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("recsys_tt").setLevel(logging.INFO)
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # config dataclasses document options this way
+    document_options()
     return TwoTowerCLI(TwoTowerModule, RecDataModule, args=args, save_config_kwargs={"overwrite": True})
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 
-from jsonargparse import auto_cli
-
 from recsys_tt.catalog import add_items
+from recsys_tt.cli import run
 
 
 def main(export: str, items: str) -> None:
@@ -23,4 +22,4 @@ def main(export: str, items: str) -> None:
 
 
 if __name__ == "__main__":
-    auto_cli(main, as_positional=False)
+    run(main)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import tempfile
 
-from jsonargparse import auto_cli
+from recsys_tt.cli import run
 
 DEFAULT_RUNS = {
     "ML-100K, ml100k_minilm.yaml": ["configs/ml100k_minilm.yaml"],
@@ -62,4 +62,4 @@ def main(runs: dict[str, list[str]] | None = None, steps: int = 100, warmup: int
 
 
 if __name__ == "__main__":
-    auto_cli(main, as_positional=False)
+    run(main)

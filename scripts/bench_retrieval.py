@@ -18,8 +18,8 @@ import time
 
 import faiss
 import numpy as np
-from jsonargparse import auto_cli
 
+from recsys_tt.cli import run
 from recsys_tt.index import build_index, exact_top_k
 from recsys_tt.retrieval import search_excluding
 
@@ -140,4 +140,4 @@ def main(sizes: list[int] | None = None, factories: list[str] | None = None, dim
 
 
 if __name__ == "__main__":
-    auto_cli(main, as_positional=False)
+    run(main)

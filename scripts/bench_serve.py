@@ -22,8 +22,8 @@ import httpx
 import numpy as np
 import pandas as pd
 import uvicorn
-from jsonargparse import auto_cli
 
+from recsys_tt.cli import run
 from recsys_tt.export import ExportFolder
 from recsys_tt.http_api import create_app
 from recsys_tt.index import build_index
@@ -140,4 +140,4 @@ def main(export: str = "exports/ml100k", items: int = 100_000, factory: str = "H
 
 
 if __name__ == "__main__":
-    auto_cli(main, as_positional=False)
+    run(main)

@@ -22,8 +22,8 @@ import time
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from jsonargparse import auto_cli
 
+from recsys_tt.cli import run
 from recsys_tt.step_timer import StepTimer
 
 MODES = ("sentence-transformers", "sentence-transformers, base dropout off", "recsys_tt text",
@@ -127,4 +127,4 @@ def main(batch_size: int = 64, steps: int = 20, warmup: int = 3) -> None:
 
 
 if __name__ == "__main__":
-    auto_cli(main, as_positional=False)
+    run(main)

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import json
 
-from jsonargparse import auto_cli
-
+from recsys_tt.cli import run
 from recsys_tt.scoring import evaluate_recommendations
 
 
@@ -30,4 +29,4 @@ def main(recs: str, export: str, split: str = "test", k: list[int] | None = None
 
 
 if __name__ == "__main__":
-    auto_cli(main, as_positional=False)
+    run(main)

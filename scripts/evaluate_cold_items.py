@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 
-from jsonargparse import auto_cli
-
+from recsys_tt.cli import run
 from recsys_tt.cold_start import cold_item_metrics
 from recsys_tt.export import ExportFolder
 
@@ -28,4 +27,4 @@ def main(export: str, future: str, k: int = 10) -> None:
 
 
 if __name__ == "__main__":
-    auto_cli(main, as_positional=False)
+    run(main)

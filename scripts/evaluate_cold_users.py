@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import json
 
-from jsonargparse import auto_cli
-
+from recsys_tt.cli import run
 from recsys_tt.cold_start import new_user_metrics
 from recsys_tt.export import ExportFolder
 from recsys_tt.plots import plot_new_users
@@ -44,4 +43,4 @@ def main(export: str, interactions: str, users: str | None = None, context_sizes
 
 
 if __name__ == "__main__":
-    auto_cli(main, as_positional=False)
+    run(main)

@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import logging
 
-from jsonargparse import auto_cli
-
+from recsys_tt.cli import run
 from recsys_tt.export import export_model
 
 
@@ -36,4 +35,4 @@ def main(checkpoint: str, out: str, factory: str = "Flat", search_params: str = 
 
 
 if __name__ == "__main__":
-    auto_cli(main, as_positional=False)
+    run(main)

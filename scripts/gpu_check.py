@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 import torch
-from jsonargparse import auto_cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py sits at the repository root
 
 import train  # noqa: E402
+from recsys_tt.cli import run  # noqa: E402
 from recsys_tt.export import export_model  # noqa: E402
 from recsys_tt.scoring import evaluate_recommendations, score_users  # noqa: E402
 from recsys_tt.step_timer import StepTimer  # noqa: E402
@@ -150,4 +150,4 @@ def _export_score(checkpoint: Path, factory: str, accelerator: str, root: Path) 
 
 
 if __name__ == "__main__":
-    auto_cli(main, as_positional=False)
+    run(main)

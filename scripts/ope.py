@@ -14,8 +14,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from jsonargparse import auto_cli
 
+from recsys_tt.cli import run
 from recsys_tt.explore import ExplorationConfig
 from recsys_tt.ope import ESTIMATORS, LoggedSlates, evaluate_target
 
@@ -68,4 +68,4 @@ def main(log_dir: str, targets: list[ExplorationConfig] | None = None, samples: 
 
 
 if __name__ == "__main__":
-    auto_cli(main, as_positional=False)
+    run(main)

@@ -5,8 +5,7 @@
 
 from __future__ import annotations
 
-from jsonargparse import auto_cli
-
+from recsys_tt.cli import run
 from recsys_tt.plots import plot_curves
 
 
@@ -22,4 +21,4 @@ def main(metrics: str, out: str = "curves.png", metric: str = "ndcg@10") -> None
 
 
 if __name__ == "__main__":
-    auto_cli(main, as_positional=False)
+    run(main)

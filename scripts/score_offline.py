@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 
-from jsonargparse import auto_cli
-
+from recsys_tt.cli import run
 from recsys_tt.scoring import score_users
 
 
@@ -40,4 +39,4 @@ def main(export: str, out: str, k: int = 100, split: str = "test", users: str | 
 
 
 if __name__ == "__main__":
-    auto_cli(main, as_positional=False)
+    run(main)

@@ -25,8 +25,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-from jsonargparse import auto_cli
 
+from recsys_tt.cli import run
 from recsys_tt.explore import ExplorationConfig
 from recsys_tt.export import ExportFolder
 from recsys_tt.ope import LoggedSlates, evaluate_target
@@ -120,4 +120,4 @@ def main(export: str = "exports/ml100k", future: str | None = None, rounds: int 
 
 
 if __name__ == "__main__":
-    auto_cli(main, as_positional=False)
+    run(main)

@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from jsonargparse import auto_cli
-
+from recsys_tt.cli import run
 from recsys_tt.data import parse_timestamps, read_table, require_columns
 
 
@@ -44,4 +43,4 @@ def main(interactions: str, out: str, fraction: float = 0.5, min_past: int = 3) 
 
 
 if __name__ == "__main__":
-    auto_cli(main, as_positional=False)
+    run(main)

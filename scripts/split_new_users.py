@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from jsonargparse import auto_cli
 
+from recsys_tt.cli import run
 from recsys_tt.data import read_table, require_columns
 
 
@@ -44,4 +44,4 @@ def main(interactions: str, out: str, fraction: float = 0.2, seed: int = 0) -> N
 
 
 if __name__ == "__main__":
-    auto_cli(main, as_positional=False)
+    run(main)

@@ -149,9 +149,10 @@ def test_log_rotates_and_loses_no_record(tmp_path):
 
 def test_the_shipped_serving_config_parses(capsys):
     import serve
+    from recsys_tt.cli import run
 
     with pytest.raises(SystemExit) as done:
-        serve.cli(["--config", "configs/serve.yaml", "--export", "exports/x", "--print_config"])
+        run(serve.main, ["--config", "configs/serve.yaml", "--export", "exports/x", "--print_config"])
     assert done.value.code == 0
     printed = capsys.readouterr().out
     assert "temperature: 0.05" in printed and "candidates: 200" in printed
@@ -159,9 +160,10 @@ def test_the_shipped_serving_config_parses(capsys):
 
 def test_serve_help_describes_every_serving_option(capsys):
     import serve
+    from recsys_tt.cli import run
 
     with pytest.raises(SystemExit):
-        serve.cli(["--help"])
+        run(serve.main, ["--help"])
     text = capsys.readouterr().out
     assert "--serving.exploration.temperature" in text
     assert undocumented_options(text, ("--serving.",)) == []

@@ -1,0 +1,40 @@
+"""What every command-line entry point shares: option help from attribute docstrings, input errors as one line."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+
+from jsonargparse import auto_cli, set_parsing_settings
+
+from recsys_tt.data import DataError
+
+# What bad input or a wrong path raises; its message says what to fix, so a traceback only hides it.
+USER_ERRORS = (DataError, ValueError, FileNotFoundError, FileExistsError)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turns the errors bad input raises into one line on stderr and exit status 2 (RECSYS_TT_TRACEBACK=1 keeps
+    the traceback)."""
+    try:
+        yield
+    except USER_ERRORS as err:
+        if os.environ.get("RECSYS_TT_TRACEBACK"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def document_options() -> None:
+    """Config dataclasses document their fields with attribute docstrings; --help shows them only with this."""
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+
+
+def run(function: Callable, args: list[str] | None = None) -> None:
+    """Runs a typed function as a command line (jsonargparse), with documented options and one-line input errors."""
+    document_options()
+    with user_errors():
+        auto_cli(function, as_positional=False, args=args)
