@@ -12,9 +12,13 @@ their config sets, so time enough steps to include refreshes (ML-100K refreshes 
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import tempfile
+from pathlib import Path
 
-from recsys_tt.cli import run
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py sits at the repository root
+
+from recsys_tt.cli import run  # noqa: E402
 
 DEFAULT_RUNS = {
     "ML-100K, ml100k_minilm.yaml": ["configs/ml100k_minilm.yaml"],
