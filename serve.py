@@ -9,9 +9,7 @@ The folder is checked before the server listens; a mismatched or incomplete one 
 
 from __future__ import annotations
 
-import logging
-
-from recsys_tt.cli import run
+from recsys_tt.cli import log_to_console, run
 from recsys_tt.recommender import Recommender, ServingConfig
 
 
@@ -30,7 +28,7 @@ def main(export: str, host: str = "127.0.0.1", port: int = 8000, log_dir: str | 
 
     from recsys_tt.http_api import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    log_to_console()
     recommender = Recommender.load(export, serving, log_dir=log_dir)
     uvicorn.run(create_app(recommender), host=host, port=port, log_level="warning")
 

@@ -21,7 +21,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from recsys_tt.cli import document_options, user_errors
+from recsys_tt.cli import document_options, log_to_console, user_errors
 from recsys_tt.datamodule import RecDataModule
 from recsys_tt.metrics import ranking_metrics
 from recsys_tt.module import TwoTowerModule
@@ -77,8 +77,7 @@ class TwoTowerCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> TwoTowerCLI:
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
-    logging.getLogger("recsys_tt").setLevel(logging.INFO)
+    log_to_console()
     document_options()
     return TwoTowerCLI(TwoTowerModule, RecDataModule, args=args, save_config_kwargs={"overwrite": True})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -26,6 +27,12 @@ def user_errors() -> Iterator[None]:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def log_to_console() -> None:
+    """Our INFO lines on the console; other libraries' only from WARNING up (faiss logs every loader it tries)."""
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("recsys_tt").setLevel(logging.INFO)
 
 
 def document_options() -> None:

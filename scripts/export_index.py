@@ -7,9 +7,8 @@
 from __future__ import annotations
 
 import json
-import logging
 
-from recsys_tt.cli import run
+from recsys_tt.cli import log_to_console, run
 from recsys_tt.export import export_model
 
 
@@ -27,7 +26,7 @@ def main(checkpoint: str, out: str, factory: str = "Flat", search_params: str = 
         overwrite: replace an existing folder (only once the new one is complete).
         device: where the towers encode the catalog: "auto" (a GPU when there is one), "cpu", "cuda:1", ...
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    log_to_console()
     folder = export_model(checkpoint, out, factory, search_params, report_users, overwrite, device)
     meta = json.loads((folder / "meta.json").read_text())
     print(json.dumps({"export": str(folder), "items": meta["num_items"], "dim": meta["dim"], "factory": factory,
