@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,8 @@ import pandas as pd
 import torch
 
 from recsys_tt.data import DataError, read_ids
-from recsys_tt.export import ExportFolder, swap_into_place
+from recsys_tt.export import ExportFolder
+from recsys_tt.files import replacing
 from recsys_tt.text import render_table, tokenize_table
 
 
@@ -49,9 +49,8 @@ def _write_extended(export: ExportFolder, items: pd.DataFrame, text: np.ndarray,
     import faiss
 
     folder = export.folder
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}-") as tmp:
-        staging = Path(tmp) / "export"
-        shutil.copytree(folder, staging)
+    with replacing(folder) as staging:
+        shutil.copytree(folder, staging, dirs_exist_ok=True)
         export.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         faiss.write_index(export.index, str(staging / "index.faiss"))
         np.save(staging / "vectors.npy", np.concatenate([export.vectors, vectors]))
@@ -59,4 +58,3 @@ def _write_extended(export: ExportFolder, items: pd.DataFrame, text: np.ndarray,
         items.to_parquet(staging / "items.parquet", index=False)
         meta = dict(export.meta, num_items=len(items), added_items=export.meta.get("added_items", 0) + len(vectors))
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
-        swap_into_place(staging, folder)

@@ -18,8 +18,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
@@ -34,7 +32,7 @@ from recsys_tt.batches import UserFeatures
 from recsys_tt.checkpoints import build_module, load_checkpoint, load_trainable, pick_device, resolve_checkpoint
 from recsys_tt.data import LeaveOneOut
 from recsys_tt.datamodule import RecDataModule
-from recsys_tt.files import sha256_file
+from recsys_tt.files import replacing, restore_interrupted_swap, sha256_file
 from recsys_tt.index import build_index, recall_against_exact
 from recsys_tt.module import TwoTowerModule
 from recsys_tt.text import TextTemplates, tokenize_table
@@ -110,10 +108,7 @@ def export_model(checkpoint: str | Path, out: str | Path, factory: str = "Flat",
     recall = recall_against_exact(index, queries, vectors, k=min(10, len(vectors)))
     log.info("Built %s over %d items in %.2fs; recall@10 against exact search: %.4f", factory, len(vectors),
              seconds, recall)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
-        staging = Path(tmp) / "export"
-        staging.mkdir()
+    with replacing(out) as staging:
         _write(staging, index, text, vectors, items, users, module)
         meta = {
             "format_version": FORMAT_VERSION, "created_at": datetime.datetime.now(datetime.UTC).isoformat(),
@@ -127,7 +122,6 @@ def export_model(checkpoint: str | Path, out: str | Path, factory: str = "Flat",
             "model_hparams": _jsonable(module.hparams), "data_hparams": _jsonable(data.hparams),
         }
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
-        swap_into_place(staging, out)
     return out
 
 
@@ -148,17 +142,6 @@ def _jsonable(params) -> dict:
                                  default=lambda o: o.__dict__))
 
 
-def swap_into_place(staging: Path, out: Path) -> None:
-    if out.exists():  # keep the old folder until the new one is in place
-        backup = out.with_name(f".{out.name}.old")
-        shutil.rmtree(backup, ignore_errors=True)
-        out.rename(backup)
-        staging.rename(out)
-        shutil.rmtree(backup)
-    else:
-        staging.rename(out)
-
-
 @dataclass
 class ExportFolder:
     """A checked export folder; the model is rebuilt only when user vectors are asked for."""
@@ -176,6 +159,7 @@ class ExportFolder:
         import faiss
 
         folder = Path(folder)
+        restore_interrupted_swap(folder)
         missing = [name for name in FILES if not (folder / name).exists()]
         if missing:
             raise ValueError(f"{folder} is not a complete recsys_tt export (missing {missing}); "

@@ -234,3 +234,10 @@ def test_a_run_folder_resolves_to_its_best_validation_checkpoint(trained, tmp_pa
         resolve_checkpoint(run.parent)
     with pytest.raises(FileNotFoundError, match="No checkpoint or run folder"):
         resolve_checkpoint(tmp_path / "nowhere")
+
+
+def test_an_export_caught_between_the_swap_renames_still_loads(flat_export, tmp_path):
+    import shutil
+
+    shutil.copytree(flat_export, tmp_path / ".export.old")  # the old export renamed away, the new one not yet in
+    assert ExportFolder.load(tmp_path / "export").meta["num_items"] == 12
