@@ -14,12 +14,14 @@ Every option: python train.py fit --help
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from typing import Literal
 
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from recsys_tt.cli import document_options, log_to_console, user_errors
 from recsys_tt.datamodule import RecDataModule
@@ -82,6 +84,17 @@ def main(args: list[str] | None = None) -> TwoTowerCLI:
     return TwoTowerCLI(TwoTowerModule, RecDataModule, args=args, save_config_kwargs={"overwrite": True})
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """main() for the command line: input errors as one line, and a SIGTERM (a scheduler's preemption) as a
+    failure that says where to resume, not as success."""
     with user_errors():
-        main()
+        try:
+            main()
+        except SIGTERMException:
+            log.error("Stopped by SIGTERM before the run finished; nothing was tested. Resume with --ckpt_path "
+                      "<run>/checkpoints/last.ckpt.")
+            sys.exit(128 + signal.SIGTERM)
+
+
+if __name__ == "__main__":
+    run()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
 import torch
 from transformers import BertConfig, BertModel
 
@@ -134,3 +136,15 @@ def undocumented_options(help_text: str, prefixes: tuple[str, ...]) -> list[str]
             if not described.strip():
                 bare.append(name)
     return bare
+
+
+
+class SigtermAt(pl.Callback):
+    """Sends this process SIGTERM after ``step`` steps, as a scheduler preempting a job does."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -160,3 +160,19 @@ def test_training_logs_plain_progress_lines_with_a_whole_run_eta(tmp_path, tiny_
     assert all(re.search(r"loss \d+\.\d{4}, \d+ targets/s, elapsed 0:00:\d\d, ETA 0:00:\d\d$", line) for line in lines)
     with pytest.raises(ValueError, match="every_s must be positive"):
         main(_args(tmp_path, tiny_dataset, tiny_bert, 3, "--progress_log.every_s", "0"))
+
+
+def test_sigterm_is_a_failure_that_says_where_to_resume(tmp_path, tiny_dataset, tiny_bert):
+    import subprocess
+    import sys
+
+    from conftest import clean_env
+
+    sigterm = '{"class_path": "conftest.SigtermAt", "init_args": {"step": 2}}'
+    args = _args(tmp_path, tiny_dataset, tiny_bert, 6, "--trainer.callbacks+", sigterm)
+    env = {**clean_env(), "PYTHONPATH": str(Path(__file__).parent)}
+    done = subprocess.run([sys.executable, "train.py", *args], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert "Stopped by SIGTERM" in done.stderr and "--ckpt_path" in done.stderr
+    assert "test/ndcg@10" not in done.stdout  # no test of a half-trained model
+    assert (tmp_path / "ml100k_minilm/version_0/checkpoints/last.ckpt").exists()  # what the message says to resume
