@@ -11,8 +11,8 @@ import pandas as pd
 import torch
 
 from recsys_tt.data import DataError, read_ids
-from recsys_tt.export import ExportFolder
-from recsys_tt.files import replacing
+from recsys_tt.export import HASHED, ExportFolder
+from recsys_tt.files import folder_digests, replacing
 from recsys_tt.text import render_table, tokenize_table
 
 
@@ -56,5 +56,6 @@ def _write_extended(export: ExportFolder, items: pd.DataFrame, text: np.ndarray,
         np.save(staging / "vectors.npy", np.concatenate([export.vectors, vectors]))
         np.save(staging / "text_vectors.npy", np.concatenate([export.text_vectors, text]))
         items.to_parquet(staging / "items.parquet", index=False)
-        meta = dict(export.meta, num_items=len(items), added_items=export.meta.get("added_items", 0) + len(vectors))
+        meta = dict(export.meta, num_items=len(items), added_items=export.meta.get("added_items", 0) + len(vectors),
+                    sha256=folder_digests(staging, HASHED))
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))

@@ -2,7 +2,7 @@
 
 Layout of an export folder::
 
-    meta.json          dims, metric, factory, counts, backbone, adapter hash, source checkpoint, versions, report
+    meta.json          dims, metric, factory, counts, backbone, sha256 of every file, source checkpoint, versions
     index.faiss        FAISS index over the item vectors (inner product on L2-normalised vectors)
     vectors.npy        (N, D) float32 item vectors, row-aligned with items.parquet (for exact rescoring)
     text_vectors.npy   (N, D) float32 item text vectors (what item-vector user towers read as history)
@@ -32,15 +32,16 @@ from recsys_tt.batches import UserFeatures
 from recsys_tt.checkpoints import build_module, load_checkpoint, load_trainable, pick_device, resolve_checkpoint
 from recsys_tt.data import LeaveOneOut
 from recsys_tt.datamodule import RecDataModule
-from recsys_tt.files import replacing, restore_interrupted_swap, sha256_file
+from recsys_tt.files import folder_digests, replacing, restore_interrupted_swap, sha256_file, verify_digests
 from recsys_tt.index import build_index, recall_against_exact
 from recsys_tt.module import TwoTowerModule
 from recsys_tt.text import TextTemplates, tokenize_table
 from recsys_tt.towers import is_base_weight, load_tokenizer
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta.json holds the sha256 of every other file
 FILES = ("meta.json", "index.faiss", "vectors.npy", "text_vectors.npy", "items.parquet", "users.parquet", "weights.pt")
+HASHED = FILES[1:]
 
 
 def _versions() -> dict[str, str]:
@@ -115,7 +116,7 @@ def export_model(checkpoint: str | Path, out: str | Path, factory: str = "Flat",
             "dim": int(vectors.shape[1]), "metric": "inner_product", "normalized": True, "factory": factory,
             "search_params": search_params, "num_items": int(len(vectors)), "num_users": int(len(users)),
             "precision": str(module.autocast_dtype or torch.float32).removeprefix("torch."),
-            "backbone": module.model.config.backbone, "adapter_sha256": sha256_file(staging / "weights.pt"),
+            "backbone": module.model.config.backbone, "sha256": folder_digests(staging, HASHED),
             "source_checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": sha256_file(checkpoint),
             "versions": _versions(), "build_seconds": round(seconds, 3),
             "ann_recall_at_10": {"value": recall, "users": int(len(sample))},
@@ -164,10 +165,15 @@ class ExportFolder:
         if missing:
             raise ValueError(f"{folder} is not a complete recsys_tt export (missing {missing}); "
                              "re-run scripts/export_index.py.")
-        meta = json.loads((folder / "meta.json").read_text())
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{folder / 'meta.json'} is not valid JSON ({err}); the export is damaged, re-export "
+                             "it.") from err
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{folder} has export format {meta.get('format_version')}; this recsys_tt reads "
                              f"{FORMAT_VERSION}. Re-export it.")
+        verify_digests(folder, meta["sha256"], "re-export it, or add items with scripts/add_items.py only.")
         vectors, text = np.load(folder / "vectors.npy"), np.load(folder / "text_vectors.npy")
         index = faiss.read_index(str(folder / "index.faiss"))
         expected = (meta["num_items"], meta["dim"])
@@ -184,10 +190,7 @@ class ExportFolder:
     @cached_property
     def module(self) -> TwoTowerModule:
         """The towers, rebuilt from the recorded config and weights.pt, checked against meta.json."""
-        weights = self.folder / "weights.pt"
-        if sha256_file(weights) != self.meta["adapter_sha256"]:
-            raise ValueError(f"{weights} does not match the adapter hash in meta.json; the weights were replaced "
-                             "after export. Re-export from the checkpoint.")
+        weights = self.folder / "weights.pt"  # its sha256 was checked on load
         module = build_module(self.meta["model_hparams"])
         load_trainable(module, torch.load(weights, map_location="cpu", weights_only=True), weights)
         module.autocast_dtype = None if self.meta["precision"] == "float32" else getattr(torch, self.meta["precision"])

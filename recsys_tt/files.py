@@ -95,3 +95,16 @@ def _running(pid: int) -> bool:
     except PermissionError:  # alive, another user's
         return True
     return pid > 0
+
+
+def folder_digests(folder: Path, names: tuple[str, ...]) -> dict[str, str]:
+    """sha256 of each named file of ``folder``."""
+    return {name: sha256_file(folder / name) for name in names}
+
+
+def verify_digests(folder: Path, recorded: dict[str, str], fix: str) -> None:
+    """Refuses a folder whose files no longer match the digests recorded when it was written."""
+    changed = [name for name, digest in recorded.items() if sha256_file(folder / name) != digest]
+    if changed:
+        raise ValueError(f"{folder}: {', '.join(changed)} changed after the folder was written (sha256 differs from "
+                         f"meta.json); {fix}")

@@ -122,7 +122,7 @@ class Recommender:
         self._names = export.items["history_name"].astype(str).to_numpy()
         self._texts = export.items["text"].astype(str).to_numpy()
         meta = export.meta
-        self.model_version = meta["adapter_sha256"][:16]
+        self.model_version = meta["sha256"]["weights.pt"][:16]
         self.index_version = f"{meta['factory']}|{meta['num_items']} items|{meta['created_at']}"
 
     @classmethod

@@ -178,7 +178,15 @@ def test_server_refuses_an_incomplete_or_tampered_export(flat_export, tmp_path):
     tampered = tmp_path / "tampered"
     shutil.copytree(flat_export, tampered)
     meta = json.loads((tampered / "meta.json").read_text())
-    (tampered / "meta.json").write_text(json.dumps(meta | {"adapter_sha256": "0" * 64}))
-    with pytest.raises(ValueError, match="adapter hash"):
+    (tampered / "meta.json").write_text(json.dumps(meta | {"sha256": meta["sha256"] | {"weights.pt": "0" * 64}}))
+    with pytest.raises(ValueError, match="weights.pt changed after"):
+        Recommender.load(tampered)
+    (tampered / "meta.json").write_text(json.dumps(meta))
+    vectors = np.load(tampered / "vectors.npy")
+    np.save(tampered / "vectors.npy", vectors[::-1].copy())  # the same shape, other rows: only the hash tells
+    with pytest.raises(ValueError, match="vectors.npy changed after"):
+        Recommender.load(tampered)
+    (tampered / "meta.json").write_text(json.dumps(meta)[: len(json.dumps(meta)) // 2])
+    with pytest.raises(ValueError, match="meta.json is not valid JSON"):
         Recommender.load(tampered)
     assert ExportFolder.load(flat_export).meta["num_items"] == 12  # the original is untouched
