@@ -4,36 +4,49 @@ from __future__ import annotations
 
 import time
 from contextlib import asynccontextmanager
+from typing import Annotated
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from recsys_tt.recommender import BadRequestError, Recommender, RecommendRequest, UnknownUserError
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+def _unicode(value: str) -> str:
+    """Valid JSON may still hold text no tokenizer or log can take: a lone UTF-16 surrogate such as \\ud800."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"holds an unpaired surrogate at character {err.start}; send valid Unicode text") from err
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+
+
 class RecommendBody(BaseModel):
     """A known user by ``user_id``, or a new user by ``text`` and/or ``recent_item_ids`` (oldest first)."""
 
     model_config = ConfigDict(extra="forbid")
-    user_id: str | None = Field(None, max_length=256, coerce_numbers_to_str=True)
-    text: str | None = None
-    recent_item_ids: list[str] = Field(default_factory=list)
+    user_id: Text | None = Field(None, max_length=256, coerce_numbers_to_str=True)
+    text: Text | None = None
+    recent_item_ids: list[Text] = Field(default_factory=list)
     k: int = Field(10, description="Slate size.")
     temperature: float | None = Field(None, allow_inf_nan=False, description="Overrides the exploration "
                                       "temperature; 0 = greedy.")
     seed: int | None = Field(None, ge=0, lt=2**63, description="Reproduces a slate exactly.")
-    exclude: list[str] = Field(default_factory=list, description="Item ids never to show.")
+    exclude: list[Text] = Field(default_factory=list, description="Item ids never to show.")
 
 
 class FeedbackBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    request_id: str = Field(max_length=64)
-    item_id: str = Field(max_length=256, coerce_numbers_to_str=True)
+    request_id: Text = Field(max_length=64)
+    item_id: Text = Field(max_length=256, coerce_numbers_to_str=True)
     reward: float = Field(1.0, allow_inf_nan=False)
 
 

@@ -126,6 +126,9 @@ def test_http_api_serves_logs_and_takes_feedback(recommender, tmp_path):
     ({"user_id": "u0", "surprise": 1}, 422, "surprise"), ({"text": "y" * 100_000}, 422, "characters"),
     ({"user_id": "u0", "seed": -1}, 422, "seed"), ('{"user_id": "u0", "temperature": NaN}', 422, "temperature"),
     ('{"user_id": ', 422, "JSON"), ("[]", 422, "body"),
+    ('{"text": "\\ud800 fan"}', 422, "text: Value error, holds an unpaired surrogate"),
+    ('{"recent_item_ids": ["\\ud800"]}', 422, "recent_item_ids.0"), ('{"user_id": "u0", "exclude": ["\\udfff"]}', 422,
+                                                                      "exclude.0"),
 ])
 def test_bad_client_input_never_gets_a_server_error(recommender, payload, status, reason):
     with TestClient(create_app(recommender), raise_server_exceptions=False) as client:
@@ -136,6 +139,8 @@ def test_bad_client_input_never_gets_a_server_error(recommender, payload, status
         assert response.status_code == status, response.text
         assert reason in response.json()["detail"]
         assert client.post("/feedback", json={"request_id": "r", "item_id": "i1", "reward": "lots"}).status_code == 422
+    logged = recommender.log.folder.glob("impressions-*.jsonl")
+    assert sum(len(path.read_text().splitlines()) for path in logged) == 0  # refused requests are never logged
 
 
 def test_log_rotates_and_loses_no_record(tmp_path):
