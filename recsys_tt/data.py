@@ -118,6 +118,10 @@ def load_interaction_data(interactions: str | Path, items: str | Path, users: st
     if min_rating is not None:
         require_columns(inter, ["rating"], interactions)
         inter = inter[inter["rating"].astype(float) >= min_rating]
+    repeated = int(inter.duplicated(["user_id", "item_id", "timestamp"]).sum())
+    if repeated:  # kept: in re-consumption data (listens, purchases) a repeat is signal, and the split needs no rule
+        log.info("%s: %d rows repeat an earlier (user_id, item_id, timestamp); kept as interactions of their own",
+                 interactions, repeated)
     if catalog == "rated":
         item_frame = _rated_items(item_frame, inter["item_id"])
     index = {item_id: i for i, item_id in enumerate(item_frame["item_id"])}

@@ -110,3 +110,12 @@ def test_empty_header_only_and_non_utf8_tables_say_so(tmp_path, content, message
     path.write_bytes(content)
     with pytest.raises(DataError, match=message):
         read_table(path)
+
+
+def test_repeated_rows_are_kept_and_reported(tmp_path, caplog):
+    paths = write_tiny_dataset(tmp_path)
+    _rewrite(paths["interactions"], lambda f: pd.concat([f, f.iloc[[0]]]))
+    caplog.set_level("INFO", logger="recsys_tt.data")
+    data = load_interaction_data(paths["interactions"], paths["items"], paths["users"])
+    assert sum(map(len, data.sequences)) == 49
+    assert "1 rows repeat an earlier (user_id, item_id, timestamp)" in caplog.text
