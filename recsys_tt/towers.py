@@ -205,12 +205,13 @@ def block_list(model: nn.Module) -> tuple[nn.Module, str]:
 
 
 @contextlib.contextmanager
-def first_blocks(model: nn.Module, count: int | None):
-    """Runs ``model`` through its first ``count`` blocks only (None: all): the block list is cut for the call."""
-    if count is None:
+def first_blocks(holder: tuple[nn.Module, str] | None, count: int | None):
+    """Runs a model through its first ``count`` blocks only: the block list ``holder`` names (see ``block_list``) is
+    cut for the call; None keeps every block."""
+    if holder is None:
         yield
         return
-    parent, attribute = block_list(model)
+    parent, attribute = holder
     blocks = getattr(parent, attribute)
     setattr(parent, attribute, blocks[:count])
     try:
@@ -268,6 +269,7 @@ class TwoTower(nn.Module):
         for name in self.adapters[1:]:
             self.encoder.add_adapter(name, lora)
         self._adapter_params = [p for n, p in self.encoder.named_parameters() if "lora_" in n]
+        self._blocks = block_list(self.encoder) if config.user_layers is not None else None  # found once
         self.heads = nn.ModuleDict({t: self._head(hidden) for t in ("item", "user")})
         if config.item_id_embeddings:
             self.item_ids = nn.Embedding(num_items, self.dim)
@@ -358,7 +360,7 @@ class TwoTower(nn.Module):
         attention = causal_mask(mask, self.encoder.config._attn_implementation, words.dtype)
         positions = {"position_ids": (mask.cumsum(1) - 1).clamp(min=0)} if self._takes_positions else {}
         with (attention_kernels(words.device, self.config.gradient_checkpointing),
-              first_blocks(self.encoder, self.config.user_layers)):
+              first_blocks(self._blocks, self.config.user_layers)):
             hidden = self.encoder(inputs_embeds=torch.cat([words, items], dim=1), attention_mask=attention,
                                   **positions)
         pooled = running_pool(hidden.last_hidden_state, mask, self.config.pooling_of("user"))
