@@ -52,7 +52,6 @@ class TwoTowerCLI(LightningCLI):
         parser.add_lightning_class_args(ProgressLog, "progress_log")
         parser.set_defaults({"trainer.enable_progress_bar": sys.stderr.isatty()})
         parser.link_arguments("model.tower.backbone", "data.backbone")
-        parser.link_arguments("model.tower.user_input", "data.user_input")
         parser.link_arguments("data.num_items", "model.num_items", apply_on="instantiate")
 
     def before_fit(self) -> None:

@@ -1,4 +1,4 @@
-"""Turning users and training examples into tensor batches for the towers.
+"""Training examples, their order across steps and ranks, and padding of ragged rows.
 
 Every position t of a user's training sequence is a target (its history: the items before t), so one epoch
 sees every transition. Text users take one target per example, (user, t). Item-vector users take a window
@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from recsys_tt.text import TextTemplates, tokenize, tokenize_table, trim, user_text
 
 log = logging.getLogger(__name__)
 
@@ -50,47 +47,6 @@ def pad_rows(rows: Sequence[np.ndarray], fill: int = -1) -> torch.Tensor:
     for i, r in enumerate(rows):
         out[i, : len(r)] = r
     return torch.from_numpy(out)
-
-
-@dataclass
-class UserFeatures:
-    """What the user tower needs to build its input, for known users and for new users given as text."""
-
-    user_input: str  # "text" or "item_vectors"
-    profile_texts: list[str]  # user index -> profile text ("" without a users table)
-    profile_tokens: dict[str, torch.Tensor]  # (U, P) tokenised profiles, the prefix of item-vector users
-    history_names: list[str]  # item index -> how the item is named in user text
-    templates: TextTemplates
-    tokenizer: object
-    history_len: int
-    max_user_tokens: int
-    max_profile_tokens: int
-
-    @classmethod
-    def build(cls, user_input: str, profiles: list[str], history_names: list[str], templates: TextTemplates,
-              tokenizer, history_len: int, max_user_tokens: int, max_profile_tokens: int) -> UserFeatures:
-        return cls(user_input, profiles, tokenize_table(tokenizer, profiles, max_profile_tokens), history_names,
-                   templates, tokenizer, history_len, max_user_tokens, max_profile_tokens)
-
-    def batch(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
-        """Inputs of the user tower for known users (B,) whose histories (oldest first) are given."""
-        prefix = trim({k: v[torch.as_tensor(users)] for k, v in self.profile_tokens.items()})
-        return self._inputs([self.profile_texts[u] for u in users], prefix, histories)
-
-    def batch_from_text(self, profiles: list[str], histories: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
-        """Inputs for users known only by free text and/or recent items (cold start)."""
-        return self._inputs(profiles, tokenize(self.tokenizer, profiles, self.max_profile_tokens), histories)
-
-    def _inputs(self, profiles: list[str], prefix: dict[str, torch.Tensor],
-                histories: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
-        recent = [np.asarray(h, dtype=np.int64)[-self.history_len:] for h in histories]
-        if self.user_input == "text":
-            texts = [user_text(p, [self.history_names[i] for i in h], self.templates) for p, h in zip(profiles, recent)]
-            tokens = tokenize(self.tokenizer, texts, self.max_user_tokens)
-            return {"user_input_ids": tokens["input_ids"], "user_attention_mask": tokens["attention_mask"]}
-        history = pad_rows(recent)
-        return {"prefix_ids": prefix["input_ids"], "prefix_mask": prefix["attention_mask"],
-                "history": history.clamp(min=0), "history_mask": (history >= 0).long()}
 
 
 class StepBatches:

@@ -8,20 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from recsys_tt.data import DataError, read_ids
-from recsys_tt.export import HASHED, ExportFolder
+from recsys_tt.export_folder import ExportFolder, hashed_files
 from recsys_tt.files import folder_digests, replacing
-from recsys_tt.text import render_table, tokenize_table
+from recsys_tt.model_card import model_card
+from recsys_tt.text import render_table
 
 
-def _new_items(path: str | Path, existing: pd.Series) -> pd.DataFrame:
+def _new_items(path: str | Path, existing: dict[str, int]) -> pd.DataFrame:
     frame = read_ids(path, ["item_id"])
     repeated = frame["item_id"][frame["item_id"].duplicated()]
     if len(repeated):
         raise DataError(f"{path} lists item_id {repeated.iloc[0]!r} more than once; ids must be unique.")
-    clash = frame["item_id"][frame["item_id"].isin(set(existing.astype(str)))]
+    clash = frame["item_id"][frame["item_id"].isin(existing)]
     if len(clash):
         raise DataError(f"{path}: item_id(s) {clash.tolist()[:5]} are already in the export; give new items new ids.")
     return frame.reset_index(drop=True)
@@ -31,17 +31,13 @@ def add_items(export_dir: str | Path, items_file: str | Path) -> dict:
     """Encodes new items with the export's item tower (text only: they have no trained id vector) and appends
     them to the index, vectors and tables, replacing the folder atomically."""
     export = ExportFolder.load(export_dir)
-    new = _new_items(items_file, export.items["item_id"])
+    new = _new_items(items_file, export.item_rows)
     texts = render_table(export.templates.item, new, "item")
     names = render_table(export.templates.history_item, new, "item")
-    tokens = tokenize_table(export.tokenizer, texts, export.meta["data_hparams"]["max_item_tokens"])
-    rows = torch.arange(len(export.items), len(export.items) + len(new))
-    with torch.no_grad():
-        text = export.module.model.encode_item_text(**tokens)
-        vectors = export.module.model.add_item_ids(text, rows)
+    text = export.encoder.item_text(export.item_tokens(texts)).float().cpu().numpy()
     items = pd.concat([export.items, pd.DataFrame({"item_id": new["item_id"], "text": texts, "history_name": names,
                                                    "train_count": 0})], ignore_index=True)
-    _write_extended(export, items, text.float().numpy(), vectors.float().numpy())
+    _write_extended(export, items, text, text)  # new items have no trained id vector: their vector is their text
     return {"export": str(export.folder), "added": len(new), "num_items": len(items)}
 
 
@@ -57,5 +53,6 @@ def _write_extended(export: ExportFolder, items: pd.DataFrame, text: np.ndarray,
         np.save(staging / "text_vectors.npy", np.concatenate([export.text_vectors, text]))
         items.to_parquet(staging / "items.parquet", index=False)
         meta = dict(export.meta, num_items=len(items), added_items=export.meta.get("added_items", 0) + len(vectors),
-                    sha256=folder_digests(staging, HASHED))
+                    sha256=folder_digests(staging, hashed_files(export.meta["adapters"])))
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+        (staging / "README.md").write_text(model_card(meta))

@@ -7,10 +7,11 @@ from pathlib import Path
 import torch
 
 from recsys_tt.datamodule import RecDataModule
+from recsys_tt.encoder import autocast_dtype
 from recsys_tt.loss import LossConfig
 from recsys_tt.module import TwoTowerModule
 from recsys_tt.text import TextTemplates
-from recsys_tt.towers import TowerConfig, is_base_weight
+from recsys_tt.towers import TowerConfig, load_trainable, sub_state
 
 
 def _public(params: dict) -> dict:
@@ -27,22 +28,15 @@ def build_module(hparams: dict) -> TwoTowerModule:
 
 def build_datamodule(hparams: dict) -> RecDataModule:
     hp = _public(hparams)
+    hp.pop("user_input", None)  # recorded by checkpoints from before it became the model's setting alone
     hp["templates"] = TextTemplates(**hp["templates"])
     return RecDataModule(**hp)
 
 
-def load_trainable(module: TwoTowerModule, state: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Loads adapter/head/id weights onto a module whose frozen base came from its backbone."""
-    backbone = module.model.config.backbone
-    try:
-        missing, unexpected = module.load_state_dict(state, strict=False)
-    except RuntimeError as err:
-        raise ValueError(f"{source} does not fit backbone {backbone!r} (shapes differ): was it trained with "
-                         f"another backbone or projection?\n{err}") from err
-    missing = [k for k in missing if not is_base_weight(k)]
-    if missing or unexpected:
-        raise ValueError(f"{source} does not match the model built for backbone {backbone!r}: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}.")
+def load_trainable_module(module: TwoTowerModule, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Loads a checkpoint's trainable weights: the towers' (``model.*``) and the loss's (``loss.*``: temperature)."""
+    load_trainable(module.model, sub_state(state, "model."), source)
+    module.loss.load_state_dict(sub_state(state, "loss."))
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -74,11 +68,12 @@ def load_checkpoint(path: str | Path) -> tuple[TwoTowerModule, RecDataModule]:
         raise ValueError(f"{path} is not a recsys_tt training checkpoint (it lacks {needed}).")
     module = build_module(ckpt["hyper_parameters"])
     data = build_datamodule(ckpt["datamodule_hyper_parameters"])
-    load_trainable(module, ckpt["state_dict"], path)
+    load_trainable_module(module, ckpt["state_dict"], path)
     if data.num_items != module.hparams.num_items:
         raise ValueError(f"{path} was trained on {module.hparams.num_items} items but its dataset now has "
                          f"{data.num_items}; the data files changed since training.")
     module.item_tokens = data.item_tokens
+    data.user_input = module.model.user_input
     module.autocast_dtype = autocast_dtype(ckpt.get("precision", "32-true"))
     return module.eval(), data
 
@@ -92,7 +87,3 @@ def pick_device(name: str = "auto") -> torch.device:
         raise ValueError(f"device {name!r} was asked for but no CUDA device is visible; use 'cpu' or 'auto'.")
     return device
 
-
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype of a Lightning precision string ("bf16-mixed" -> bfloat16; "32-true" -> None)."""
-    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)

@@ -18,8 +18,8 @@ import torch
 
 from recsys_tt.batches import pad_rows
 from recsys_tt.data import DataError, parse_timestamps, read_ids, user_sequences
-from recsys_tt.export import ExportFolder
-from recsys_tt.metrics import exclude_seen, ranking_metrics, target_ranks
+from recsys_tt.export_folder import ExportFolder
+from recsys_tt.metrics import discount, exclude_seen, ranking_metrics, target_ranks
 from recsys_tt.text import render_table
 
 
@@ -29,7 +29,7 @@ def cold_item_metrics(export: ExportFolder, future: str, k: int = 10) -> dict[st
     cold = np.flatnonzero(export.items["train_count"].to_numpy() == 0)
     rows = frame["item_id"].map(export.item_rows)
     frame = frame.assign(row=rows)[rows.isin(cold)]
-    users = {u: i for i, u in enumerate(export.users["user_id"].astype(str))}
+    users = export.user_rows
     frame = frame[frame["user_id"].isin(users)]
     targets = frame.groupby("user_id")["row"].apply(lambda r: set(r.astype(int)))
     indices = np.asarray([users[u] for u in targets.index])
@@ -47,10 +47,10 @@ def cold_item_metrics(export: ExportFolder, future: str, k: int = 10) -> dict[st
             continue
         top = candidates[np.argsort(-user_scores, kind="stable")[:k]]
         gains = np.isin(top, list(wanted))
-        ideal = (1 / np.log2(np.arange(min(k, len(wanted))) + 2)).sum()
+        ideal = discount(np.arange(min(k, len(wanted)))).sum()
         recall.append(gains.sum() / len(wanted))
         hits.append(float(gains.any()))
-        ndcg.append((gains / np.log2(np.arange(len(top)) + 2)).sum() / ideal)
+        ndcg.append((gains * discount(np.arange(len(top)))).sum() / ideal)
         random_recall.append(min(k, len(candidates)) / len(candidates))
     return {f"recall@{k}": float(np.mean(recall)), f"hit_rate@{k}": float(np.mean(hits)),
             f"ndcg@{k}": float(np.mean(ndcg)), f"random_recall@{k}": float(np.mean(random_recall)),
@@ -93,7 +93,7 @@ def _new_user_sequences(export: ExportFolder, interactions: str) -> tuple[list[s
     if rows.isna().any():
         raise DataError(f"{interactions}: {int(rows.isna().sum())} interactions name items the export lacks (first: "
                         f"{frame['item_id'][rows.isna()].iloc[0]!r}); add them with scripts/add_items.py.")
-    known = frame["user_id"].isin(set(export.users["user_id"].astype(str)))
+    known = frame["user_id"].isin(export.user_rows)
     if known.any():
         raise DataError(f"{interactions}: user {frame['user_id'][known].iloc[0]!r} was in training; new users must "
                         "not be (scripts/split_new_users.py holds users out).")

@@ -12,12 +12,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from recsys_tt.batches import StepBatches, UserFeatures, pad_rows, training_examples, training_windows
+from recsys_tt.backbone import DEFAULT_BACKBONE, load_tokenizer
+from recsys_tt.batches import StepBatches, pad_rows
 from recsys_tt.data import InteractionData, LeaveOneOut, load_interaction_data
 from recsys_tt.files import default_cache_dir
 from recsys_tt.movielens import RELEASES, ensure_movielens
 from recsys_tt.text import TextTemplates, render_table, tokenize_table
-from recsys_tt.towers import DEFAULT_BACKBONE, load_tokenizer
+from recsys_tt.user_inputs import UserFeatures, UserInput
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ class RecDataModule(pl.LightningDataModule):
         val_users: int | None = None,
         seed: int = 0,
         backbone: str = DEFAULT_BACKBONE,
-        user_input: Literal["text", "item_vectors"] = "item_vectors",
     ) -> None:
         """Data, text and batching.
 
@@ -72,7 +72,9 @@ class RecDataModule(pl.LightningDataModule):
                 users. On ML-1M, all 6,040 users take about a minute per validation on 2 CPU cores.
             seed: seeds the order of training examples.
             backbone: linked from model.tower.backbone (its tokenizer is used).
-            user_input: linked from model.tower.user_input.
+
+        How users enter the user tower (``user_input``) is the model's setting; ``setup`` takes it from the trainer's
+        model, and code without a trainer sets ``user_input`` itself.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -87,6 +89,17 @@ class RecDataModule(pl.LightningDataModule):
             if getattr(self.hparams, name) <= 0:
                 raise ValueError(f"data.{name} must be positive, got {getattr(self.hparams, name)}.")
         self.templates = templates
+        self.user_input: UserInput | None = None
+
+    def setup(self, stage: str) -> None:
+        self.user_input = self.trainer.lightning_module.model.user_input
+
+    @property
+    def _mode(self) -> UserInput:
+        if self.user_input is None:
+            raise RuntimeError("RecDataModule.user_input is unset: a trainer's setup takes it from the model; "
+                               "without a trainer, set it to the model's (TwoTower.user_input).")
+        return self.user_input
 
     @functools.cached_property
     def data(self) -> InteractionData:
@@ -126,8 +139,8 @@ class RecDataModule(pl.LightningDataModule):
     @functools.cached_property
     def user_features(self) -> UserFeatures:
         hp = self.hparams
-        return UserFeatures.build(hp.user_input, self.profile_texts, self.history_names, self.templates, self.tokenizer,
-                                  hp.history_len, hp.max_user_tokens, hp.max_profile_tokens)
+        return UserFeatures.build(self._mode, self.profile_texts, self.history_names, self.templates,
+                                  self.tokenizer, hp.history_len, hp.max_user_tokens, hp.max_profile_tokens)
 
     @functools.cached_property
     def history_names(self) -> list[str]:
@@ -146,14 +159,7 @@ class RecDataModule(pl.LightningDataModule):
         with the user tower's states: column 0 the target of the profile alone (only in a window starting at -1),
         then the target after each history item.
         """
-        train = self.split.train
-        if self.hparams.user_input == "item_vectors":
-            histories = [train[u][max(a, 0):b] for u, a, b in examples]
-            from_profile = torch.as_tensor([[train[u][0] if a < 0 else -1] for u, a, _ in examples])
-            targets = torch.cat([from_profile, pad_rows([train[u][max(a, 0) + 1: b + 1] for u, a, b in examples])], 1)
-        else:
-            histories = [train[u][:t] for u, t in examples]
-            targets = torch.as_tensor([train[u][t] for u, t in examples])
+        histories, targets = self._mode.training_targets(self.split.train, examples)
         valid = targets >= 0
         unique, column = torch.unique(targets[valid], return_inverse=True)
         positive = torch.full_like(targets, -1).masked_scatter(valid, column)
@@ -168,12 +174,8 @@ class RecDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> StepBatches:
         trainer, hp = self.trainer, self.hparams
-        if hp.user_input == "item_vectors":
-            examples = training_windows(self.split.train, hp.history_len, hp.min_history)
-            log.info("%d training windows of up to %d targets", len(examples), hp.history_len)
-        else:
-            examples = training_examples(self.split.train, hp.min_history)
-            log.info("%d training examples (user, position)", len(examples))
+        examples = self._mode.training_examples(self.split.train, hp.history_len, hp.min_history)
+        log.info("%d training examples for %s users", len(examples), self._mode.name)
         return StepBatches(examples, self.train_batch, hp.batch_size, hp.seed, trainer.global_rank,
                            trainer.world_size,
                            current_step=lambda: trainer.global_step * trainer.accumulate_grad_batches)

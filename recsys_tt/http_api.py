@@ -6,13 +6,19 @@ import time
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 
-from recsys_tt.recommender import BadRequestError, Recommender, RecommendRequest, UnknownUserError
+from recsys_tt.recommender import (
+    BadRequestError,
+    Recommender,
+    RecommendRequest,
+    UnknownRequestError,
+    UnknownUserError,
+)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -27,6 +33,51 @@ def _unicode(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_unicode)]
+Integer = Annotated[int, Strict()]  # JSON true/false are not numbers
+Number = Annotated[float, Strict()]  # (strict floats still take JSON integers)
+
+
+class ErrorBody(BaseModel):
+    """Every refused request: what was wrong and what to change."""
+
+    detail: str
+
+
+_ERRORS = {413: {"model": ErrorBody, "description": "The body is larger than serving.max_body_bytes."},
+           422: {"model": ErrorBody, "description": "The body is malformed or asks for what cannot be served."}}
+
+
+class _MetricsText(PlainTextResponse):
+    media_type = CONTENT_TYPE_LATEST
+
+
+class _BodyLimit:
+    """ASGI middleware refusing bodies over ``limit`` bytes (413) before anything parses them."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            response = JSONResponse(status_code=413, content={"detail": self._message()})
+            return await response(scope, receive, send)
+        received = 0
+
+        async def counted():  # a chunked body declares no length: count it as it arrives
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise HTTPException(status_code=413, detail=self._message())
+            return message
+
+        return await self.app(scope, counted, send)
+
+    def _message(self) -> str:
+        return f"The request body is over {self.limit} bytes (serving.max_body_bytes)."
 
 
 class RecommendBody(BaseModel):
@@ -36,10 +87,10 @@ class RecommendBody(BaseModel):
     user_id: Text | None = Field(None, max_length=256, coerce_numbers_to_str=True)
     text: Text | None = None
     recent_item_ids: list[Text] = Field(default_factory=list)
-    k: int = Field(10, description="Slate size.")
-    temperature: float | None = Field(None, allow_inf_nan=False, description="Overrides the exploration "
-                                      "temperature; 0 = greedy.")
-    seed: int | None = Field(None, ge=0, lt=2**63, description="Reproduces a slate exactly.")
+    k: Integer = Field(10, description="Slate size.")
+    temperature: Number | None = Field(None, allow_inf_nan=False, description="Overrides the exploration "
+                                       "temperature; 0 = greedy.")
+    seed: Integer | None = Field(None, ge=0, lt=2**63, description="Reproduces a slate exactly.")
     exclude: list[Text] = Field(default_factory=list, description="Item ids never to show.")
 
 
@@ -47,7 +98,7 @@ class FeedbackBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     request_id: Text = Field(max_length=64)
     item_id: Text = Field(max_length=256, coerce_numbers_to_str=True)
-    reward: float = Field(1.0, allow_inf_nan=False)
+    reward: Number = Field(1.0, allow_inf_nan=False)
 
 
 class _Metrics:
@@ -74,6 +125,7 @@ def create_app(recommender: Recommender) -> FastAPI:
     app = FastAPI(title="recsys_tt", description="Two-tower retrieval, reranking and logged exploration.",
                   lifespan=lifespan)
     metrics = _Metrics(recommender)
+    app.add_middleware(_BodyLimit, limit=recommender.config.max_body_bytes)
 
     @app.middleware("http")
     async def measure(request: Request, call_next):
@@ -100,15 +152,17 @@ def create_app(recommender: Recommender) -> FastAPI:
         return JSONResponse(status_code=422, content={"detail": problems})
 
     @app.exception_handler(UnknownUserError)
-    async def unknown_user(request: Request, err: UnknownUserError) -> JSONResponse:
+    @app.exception_handler(UnknownRequestError)
+    async def unknown(request: Request, err: KeyError) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": err.args[0]})
 
-    @app.post("/recommend")
+    @app.post("/recommend", responses={**_ERRORS, 404: {"model": ErrorBody, "description": "Unknown user_id."}})
     def recommend(body: RecommendBody) -> dict:
         """A slate of ``k`` items with scores, propensities and explanations; logged when a log folder is set."""
         return recommender.recommend(RecommendRequest(**body.model_dump()))
 
-    @app.post("/feedback")
+    @app.post("/feedback", responses={**_ERRORS, 404: {"model": ErrorBody, "description": "A request_id this "
+                                                       "server did not serve, or too long ago to remember."}})
     def feedback(body: FeedbackBody) -> dict:
         """Attaches a reward (e.g. 1 = click) to an item of a served slate."""
         recommender.feedback(body.request_id, body.item_id, body.reward)
@@ -122,8 +176,9 @@ def create_app(recommender: Recommender) -> FastAPI:
                 "model_version": recommender.model_version, "index_version": recommender.index_version,
                 "logging": recommender.log is not None}
 
-    @app.get("/metrics")
-    def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    @app.get("/metrics", response_class=_MetricsText)
+    def prometheus_metrics() -> _MetricsText:
+        """Prometheus text format: request counts, latency histogram, errors, user-cache hits and misses."""
+        return _MetricsText(generate_latest(metrics.registry))
 
     return app

@@ -25,6 +25,12 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (scores > target_scores).sum(1)
 
 
+def discount(ranks):
+    """DCG's position discount 1 / log2(rank + 2) of 0-based ranks (a tensor or an array)."""
+    log2 = torch.log2 if isinstance(ranks, torch.Tensor) else np.log2
+    return 1.0 / log2(ranks + 2.0)
+
+
 def ranking_metrics(ranks: torch.Tensor, ks: tuple[int, ...]) -> dict[str, torch.Tensor]:
     """Per-user Recall@K (= hit rate with one target), NDCG@K and MRR@K from 0-based ranks; each (B,)."""
     out = {}
@@ -32,7 +38,7 @@ def ranking_metrics(ranks: torch.Tensor, ks: tuple[int, ...]) -> dict[str, torch
     for k in ks:
         hit = ranks < k
         out[f"recall@{k}"] = hit.float()
-        out[f"ndcg@{k}"] = torch.where(hit, 1.0 / torch.log2(ranks + 2.0), torch.zeros_like(ranks))
+        out[f"ndcg@{k}"] = torch.where(hit, discount(ranks), torch.zeros_like(ranks))
         out[f"mrr@{k}"] = torch.where(hit, 1.0 / (ranks + 1.0), torch.zeros_like(ranks))
     return out
 

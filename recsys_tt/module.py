@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 
 import pytorch_lightning as pl
 import torch
 
+from recsys_tt.backbone import load_model
+from recsys_tt.encoder import Encoder, autocast_dtype
 from recsys_tt.loss import InBatchSoftmax, LossConfig
 from recsys_tt.metrics import catalog_scores, exclude_seen, ranking_metrics, target_ranks
 from recsys_tt.text import trim
-from recsys_tt.towers import TowerConfig, TwoTower, is_base_weight, load_model
+from recsys_tt.towers import TowerConfig, TwoTower, is_base_weight
 
 log = logging.getLogger(__name__)
 
@@ -84,26 +85,12 @@ class TwoTowerModule(pl.LightningModule):
                 self.model.seen_items.copy_(counts > 0)
 
     # ----- encoding -----------------------------------------------------------------------------------
-    def encode_catalog_text(self) -> torch.Tensor:
-        """(N, D) text vectors of every item in ``item_tokens`` (before id vectors), in eval mode, no gradients."""
-        was_training = self.training
-        self.eval()
-        chunks = []
-        with torch.no_grad(), self.precision_context():
-            catalog = len(self.item_tokens["input_ids"])  # items added after training included
-            for start in range(0, catalog, self.hparams.item_chunk_size):
-                items = torch.arange(start, min(start + self.hparams.item_chunk_size, catalog))
-                chunks.append(self.model.encode_item_text(**self._item_tokens(items)))
-        self.train(was_training)
-        return torch.cat(chunks)
-
-    def precision_context(self):
-        """The autocast of training steps, also where Lightning does not apply it (hooks, export, serving)."""
-        if self._trainer is not None:
-            return self.trainer.precision_plugin.forward_context()
-        if self.autocast_dtype is not None:
-            return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-        return contextlib.nullcontext()
+    @property
+    def encoder(self) -> Encoder:
+        """The towers with the catalog's item tokens, under the autocast of training steps (or, outside a trainer,
+        the precision the model was evaluated in)."""
+        precision = autocast_dtype(self.trainer.precision) if self._trainer is not None else self.autocast_dtype
+        return Encoder(self.model, self.item_tokens, precision, self.hparams.item_chunk_size)
 
     def _item_tokens(self, items: torch.Tensor) -> dict[str, torch.Tensor]:
         tokens = trim({k: v[items.cpu()] for k, v in self.item_tokens.items()})
@@ -128,32 +115,19 @@ class TwoTowerModule(pl.LightningModule):
         fresh = self.hparams.fresh_items
         return fresh is not None and batch_items > fresh
 
-    def encode_users(self, batch: dict[str, torch.Tensor], item_text: torch.Tensor | None,
-                     every_position: bool = False) -> torch.Tensor:
-        """(B, D) user vectors from user-tower inputs; history items' text vectors come from ``item_text``.
-
-        With ``every_position``, item-vector users give (B, 1 + L, D): the user after the profile alone, then after
-        each history prefix.
-        """
-        if "history" in batch:
-            history = self.model.add_item_ids(item_text[batch["history"]], batch["history"])  # (B, L, D)
-            return self.model.encode_user_history(batch["prefix_ids"], batch["prefix_mask"], history,
-                                                  batch["history_mask"], every_position=every_position)
-        return self.model.encode_user_text(batch["user_input_ids"], batch["user_attention_mask"])
-
     # ----- training -----------------------------------------------------------------------------------
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         torch.manual_seed(hash((self.hparams.seed, self.global_step, self.global_rank)) % 2**31)
         columns = self.hparams.num_items if self.loss.config.negatives == "catalog" else len(batch["items"])
-        needs_cache = self.model.config.user_input == "item_vectors" or self._reads_cache(columns)
+        needs_cache = self.model.user_input.reads_item_vectors or self._reads_cache(columns)
         stale = self.item_text_cache is None or self.global_step - self.cache_step >= self.hparams.cache_refresh_steps
         if needs_cache and stale:
-            self.item_text_cache, self.cache_step = self.encode_catalog_text(), self.global_step
+            self.item_text_cache, self.cache_step = self.encoder.item_text(), self.global_step
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         columns, positive = self._columns(batch)
         items = self.batch_item_vectors(columns)
-        users = self.encode_users(batch, self.item_text_cache, every_position=True)
+        users = self.model.encode_users(batch, self.item_text_cache, every_position=True)
         if users.dim() == 3:  # one row per (window, position) target
             users, positive = users[positive >= 0], positive[positive >= 0]
         loss = self.loss(users, items, positive, columns)
@@ -171,7 +145,7 @@ class TwoTowerModule(pl.LightningModule):
 
     # ----- evaluation ---------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self.catalog_text = self.encode_catalog_text()
+        self.catalog_text = self.encoder.item_text()
         with torch.no_grad():
             items = torch.arange(len(self.catalog_text), device=self.device)
             self.catalog_vectors = self.model.add_item_ids(self.catalog_text, items)
@@ -185,7 +159,7 @@ class TwoTowerModule(pl.LightningModule):
         self._evaluate(batch, "test")
 
     def _evaluate(self, batch: dict, prefix: str) -> None:
-        users = self.encode_users(batch, self.catalog_text)
+        users = self.model.encode_users(batch, self.catalog_text)
         scores = exclude_seen(catalog_scores(users, self.catalog_vectors), batch["exclude"])  # (B, N)
         metrics = ranking_metrics(target_ranks(scores, batch["target"]), tuple(self.hparams.eval_ks))
         for name, values in metrics.items():

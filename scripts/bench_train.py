@@ -32,9 +32,10 @@ MODES = ("sentence-transformers", "sentence-transformers, base dropout off", "re
 
 def _data(user_input: str, batch_size: int):
     from recsys_tt.datamodule import RecDataModule
+    from recsys_tt.user_inputs import user_input_mode
 
-    data = RecDataModule(batch_size=batch_size, user_input=user_input)
-    data.setup("fit")
+    data = RecDataModule(batch_size=batch_size)
+    data.user_input = user_input_mode(user_input)  # a trainer's setup would take it from the model
     return data
 
 
@@ -50,9 +51,10 @@ def _sentence_transformers(batch_size: int, steps: int, warmup: int, base_dropou
     from peft import LoraConfig, get_peft_model
     from sentence_transformers import SentenceTransformer, losses
 
+    from recsys_tt.backbone import resolve_backbone
     from recsys_tt.batches import training_examples
     from recsys_tt.text import user_text
-    from recsys_tt.towers import disable_dropout, resolve_backbone
+    from recsys_tt.towers import disable_dropout
 
     data = _data("text", batch_size)
     model = SentenceTransformer(resolve_backbone("minilm"), device="cpu")

@@ -12,7 +12,7 @@ import json
 
 from recsys_tt.cli import run
 from recsys_tt.cold_start import cold_item_metrics
-from recsys_tt.export import ExportFolder
+from recsys_tt.export_folder import ExportFolder
 
 
 def main(export: str, future: str, k: int = 10) -> None:

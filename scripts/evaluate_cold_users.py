@@ -14,7 +14,7 @@ import json
 
 from recsys_tt.cli import run
 from recsys_tt.cold_start import new_user_metrics
-from recsys_tt.export import ExportFolder
+from recsys_tt.export_folder import ExportFolder
 from recsys_tt.plots import plot_new_users
 
 

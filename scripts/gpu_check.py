@@ -24,11 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py sits at the repository root
 
 import train  # noqa: E402
+from recsys_tt.backbone import load_tokenizer  # noqa: E402
 from recsys_tt.cli import run  # noqa: E402
 from recsys_tt.export import export_model  # noqa: E402
 from recsys_tt.scoring import evaluate_recommendations, score_users  # noqa: E402
 from recsys_tt.step_timer import StepTimer  # noqa: E402
-from recsys_tt.towers import load_tokenizer  # noqa: E402
 
 
 def random_decoder(folder: Path, tokenizer: str, layers: int, width: int) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 
 from recsys_tt.cli import run
 from recsys_tt.explore import ExplorationConfig
-from recsys_tt.export import ExportFolder
+from recsys_tt.export_folder import ExportFolder
 from recsys_tt.ope import LoggedSlates, evaluate_target
 from recsys_tt.plots import plot_exploration
 from recsys_tt.propensity_log import PropensityLog

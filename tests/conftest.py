@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from transformers import BertConfig, BertModel
 
-from recsys_tt.towers import load_tokenizer
+from recsys_tt.backbone import load_tokenizer
 
 torch.set_num_threads(2)
 

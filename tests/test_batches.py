@@ -52,9 +52,13 @@ def test_window_batches_align_the_profile_target_with_the_profile_state(tiny_dat
 
     from recsys_tt.datamodule import RecDataModule
     from recsys_tt.text import TextTemplates
+    from recsys_tt.user_inputs import user_input_mode
 
     data = RecDataModule("files", tiny_dataset["interactions"], tiny_dataset["items"], tiny_dataset["users"],
                          templates=TextTemplates(**TINY_TEMPLATES), backbone=tiny_bert, history_len=3, min_history=0)
+    with pytest.raises(RuntimeError, match="user_input is unset"):
+        data.train_batch(np.array([[2, -1, 1]]))
+    data.user_input = user_input_mode("item_vectors")  # what a trainer's setup takes from the model
     train = data.split.train  # 4 training items per user
     batch = data.train_batch(np.array([[2, -1, 1], [2, 1, 3]]))  # user 2: items 0-1 from -1, items 2-3 from 1
     targets = batch["items"][batch["positive"].clamp(min=0)].masked_fill(batch["positive"] < 0, -1)

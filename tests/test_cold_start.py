@@ -8,7 +8,7 @@ import pytest
 
 from recsys_tt.cold_start import cold_item_metrics, new_user_metrics
 from recsys_tt.data import DataError
-from recsys_tt.export import ExportFolder
+from recsys_tt.export_folder import ExportFolder
 
 
 def test_cold_items_are_ranked_for_users_who_later_take_them(flat_export, tmp_path):
@@ -20,7 +20,12 @@ def test_cold_items_are_ranked_for_users_who_later_take_them(flat_export, tmp_pa
     everything = cold_item_metrics(export, str(future), k=len(cold))
     assert everything["users"] == 1 and everything[f"recall@{len(cold)}"] == 1.0  # u1's i3 is not cold
     top1 = cold_item_metrics(export, str(future), k=1)
-    assert top1["recall@1"] in (0.0, 1.0) and top1["random_recall@1"] == pytest.approx(1 / top1["cold_items"])
+    u0 = export.users["user_id"].tolist().index("u0")
+    cold_rows = np.flatnonzero(export.items["train_count"] == 0)
+    unseen = np.setdiff1d(cold_rows, export.split.history(u0, "all"))
+    best = unseen[np.argmax(export.vectors[unseen] @ export.user_vectors(np.array([u0]), "all")[0])]
+    assert top1["recall@1"] == float(best == export.item_rows["i11"]) and top1["cold_items"] == len(cold_rows)
+    assert top1["random_recall@1"] == pytest.approx(1 / len(unseen))
     pd.DataFrame({"user_id": ["u1"], "item_id": ["i3"]}).to_csv(future, index=False)
     with pytest.raises(ValueError, match="cold items"):
         cold_item_metrics(export, str(future))
@@ -43,7 +48,9 @@ def test_new_users_are_served_from_profile_and_first_items_against_popularity(fl
     rank = {item: int((order > order[export.item_rows[item]]).sum()) for item in ("i2", "i3")}  # next items at n = 0
     expected = np.mean([1 / np.log2(r + 2) if r < 3 else 0.0 for r in rank.values()])
     assert rows[2]["next_ndcg@3"] == pytest.approx(expected)
-    assert all(0 <= r["later_precision@3"] <= 1 for r in rows)
+    popular = np.argsort(-order)[:3]  # at n = 0 nothing is excluded; ``order`` has no ties
+    later = [[export.item_rows[i] for i in items] for items in (["i2", "i4", "i9"], ["i3", "i1", "i7"])]
+    assert rows[2]["later_precision@3"] == pytest.approx(np.mean([np.isin(popular, seq).mean() for seq in later]))
     with pytest.raises(ValueError, match="more than 3"):
         new_user_metrics(export, str(new), str(users), [3])
     pd.DataFrame({"user_id": ["u1"], "item_id": ["i2"], "timestamp": [1]}).to_csv(tmp_path / "old.csv", index=False)

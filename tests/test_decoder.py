@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 from conftest import train_args as _args
 
-from recsys_tt.export import ExportFolder, export_model
+from recsys_tt.export import export_model
+from recsys_tt.export_folder import ExportFolder
 from recsys_tt.recommender import Recommender, RecommendRequest
-from recsys_tt.scoring import score_users
+from recsys_tt.scoring import evaluate_recommendations, score_users
 from train import main
 
 
@@ -18,11 +19,12 @@ def test_tiny_decoder_trains_exports_scores_and_serves(tmp_path, tiny_dataset, t
                      "--model.tower.user_input", user_input))
     names = [n for n, p in cli.model.named_parameters() if p.requires_grad]
     assert any("q_proj.lora_A.user" in n for n in names) and any("down_proj.lora_B.item" in n for n in names)
-    assert 0.0 <= float(cli.trainer.callback_metrics["test/ndcg@10"]) <= 1.0
-    folder = export_model(tmp_path / "ml100k_minilm/version_0/checkpoints/last.ckpt", tmp_path / "export")
+    folder = export_model(cli.trainer.ckpt_path, tmp_path / "export")  # the checkpoint that was tested
     assert ExportFolder.load(folder).meta["backbone"] == tiny_llama
-    report = score_users(folder, tmp_path / "recs.parquet", k=5)
-    assert report["rows"] == 8 * 5 and pd.read_parquet(tmp_path / "recs.parquet")["score"].notna().all()
+    report = score_users(folder, tmp_path / "recs.parquet", k=7)  # every user's 7 unseen items: the full ranking
+    assert report["rows"] == 8 * 7 and pd.read_parquet(tmp_path / "recs.parquet")["score"].notna().all()
+    offline = evaluate_recommendations(tmp_path / "recs.parquet", folder, "test", (10,))
+    assert offline["ndcg@10"] == pytest.approx(float(cli.trainer.callback_metrics["test/ndcg@10"]), abs=1e-4)
     served = Recommender.load(folder).recommend(RecommendRequest(text="A 25 year old writer.", recent_item_ids=["i3"],
                                                                  k=3, seed=0))
     assert len(served["items"]) == 3 and "i3" not in {i["item_id"] for i in served["items"]}

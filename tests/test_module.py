@@ -3,9 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from recsys_tt.backbone import load_tokenizer
 from recsys_tt.module import TwoTowerModule
 from recsys_tt.text import tokenize_table
-from recsys_tt.towers import TowerConfig, load_tokenizer
+from recsys_tt.towers import TowerConfig
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def module(tiny_bert) -> TwoTowerModule:
 
 def test_cached_negatives_equal_fresh_encodings_and_fresh_ones_carry_gradients(module):
     items = torch.tensor([0, 2, 3, 5])
-    module.item_text_cache = module.encode_catalog_text()
+    module.item_text_cache = module.encoder.item_text()
     mixed = module.batch_item_vectors(items)
     full = module.model.add_item_ids(module.model.encode_item_text(**module._item_tokens(items)), items)
     assert torch.allclose(mixed, full, atol=1e-5)

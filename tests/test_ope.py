@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from recsys_tt.explore import ExplorationConfig, pick_probabilities
-from recsys_tt.export import ExportFolder
+from recsys_tt.export_folder import ExportFolder
 from recsys_tt.ope import LoggedSlates, evaluate_target, fit_reward_model
 from recsys_tt.propensity_log import PropensityLog
 from recsys_tt.recommender import Recommender, ServingConfig

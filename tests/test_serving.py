@@ -11,9 +11,16 @@ from conftest import undocumented_options
 from fastapi.testclient import TestClient
 
 from recsys_tt.explore import ExplorationConfig
-from recsys_tt.export import ExportFolder
+from recsys_tt.export_folder import ExportFolder
 from recsys_tt.http_api import create_app
-from recsys_tt.propensity_log import PropensityLog, bandit_feedback, read_impressions
+from recsys_tt.propensity_log import (
+    Feedback,
+    Impression,
+    PropensityLog,
+    bandit_feedback,
+    read_feedback,
+    read_impressions,
+)
 from recsys_tt.recommender import Recommender, RecommendRequest, ServingConfig, UnknownUserError
 from recsys_tt.retrieval import search_excluding
 
@@ -129,6 +136,9 @@ def test_http_api_serves_logs_and_takes_feedback(recommender, tmp_path):
     ('{"text": "\\ud800 fan"}', 422, "text: Value error, holds an unpaired surrogate"),
     ('{"recent_item_ids": ["\\ud800"]}', 422, "recent_item_ids.0"), ('{"user_id": "u0", "exclude": ["\\udfff"]}', 422,
                                                                       "exclude.0"),
+    ({"user_id": "u0", "temperature": False}, 422, "temperature: Input should be a valid number"),
+    ({"user_id": "u0", "k": True}, 422, "k: Input should be a valid integer"),
+    ({"user_id": "u0", "exclude": ["i1"] * 1001}, 422, "1001 excluded items; the limit is 1000"),
 ])
 def test_bad_client_input_never_gets_a_server_error(recommender, payload, status, reason):
     with TestClient(create_app(recommender), raise_server_exceptions=False) as client:
@@ -146,10 +156,23 @@ def test_bad_client_input_never_gets_a_server_error(recommender, payload, status
 def test_log_rotates_and_loses_no_record(tmp_path):
     log = PropensityLog(tmp_path, max_bytes=200)
     for n in range(10):
-        log.log_slate({"request_id": str(n), "payload": "x" * 100})
+        log.log_feedback(Feedback(str(n), "x" * 100, 1.0, "2026-01-01T00:00:00+00:00"))
     log.close()
-    assert len(list(tmp_path.glob("impressions-*.jsonl"))) >= 5
-    assert sorted(read_impressions(tmp_path)["request_id"].astype(int)) == list(range(10))
+    assert len(list(tmp_path.glob("feedback-*.jsonl"))) >= 5
+    assert sorted(read_feedback(tmp_path)["request_id"].astype(int)) == list(range(10))
+
+
+def test_impression_lines_are_typed_and_versioned(recommender):
+    recommender.recommend(RecommendRequest(user_id="u1", k=2, seed=0))
+    recommender.log.close()
+    path = next(recommender.log.folder.glob("impressions-*.jsonl"))
+    line = json.loads(path.read_text())
+    assert line["schema_version"] == 1 and Impression.from_json(line, "here").slate == line["slate"]
+    with pytest.raises(ValueError, match="schema version 2"):
+        Impression.from_json({**line, "schema_version": 2}, "here")
+    path.write_text(json.dumps({k: v for k, v in line.items() if k != "slate_rows"}) + "\n")
+    with pytest.raises(ValueError, match=r"line 1: not a recsys_tt impression line \(missing \['slate_rows'\]"):
+        read_impressions(recommender.log.folder)
 
 
 def test_the_shipped_serving_config_parses(capsys):
@@ -183,8 +206,9 @@ def test_server_refuses_an_incomplete_or_tampered_export(flat_export, tmp_path):
     tampered = tmp_path / "tampered"
     shutil.copytree(flat_export, tampered)
     meta = json.loads((tampered / "meta.json").read_text())
-    (tampered / "meta.json").write_text(json.dumps(meta | {"sha256": meta["sha256"] | {"weights.pt": "0" * 64}}))
-    with pytest.raises(ValueError, match="weights.pt changed after"):
+    wrong = meta["sha256"] | {"towers.safetensors": "0" * 64}
+    (tampered / "meta.json").write_text(json.dumps(meta | {"sha256": wrong}))
+    with pytest.raises(ValueError, match="towers.safetensors changed after"):
         Recommender.load(tampered)
     (tampered / "meta.json").write_text(json.dumps(meta))
     vectors = np.load(tampered / "vectors.npy")
@@ -195,3 +219,72 @@ def test_server_refuses_an_incomplete_or_tampered_export(flat_export, tmp_path):
     with pytest.raises(ValueError, match="meta.json is not valid JSON"):
         Recommender.load(tampered)
     assert ExportFolder.load(flat_export).meta["num_items"] == 12  # the original is untouched
+
+
+def test_serving_imports_no_training_code(flat_export):
+    """A request's whole path (HTTP app, Recommender, export reader, towers) loads neither Lightning nor the
+    training modules; checked in a fresh interpreter, which then serves one request."""
+    import subprocess
+    import sys
+
+    training = ["pytorch_lightning", "lightning_fabric", "recsys_tt.module", "recsys_tt.datamodule", "recsys_tt.loss",
+                "recsys_tt.checkpoints", "recsys_tt.movielens", "recsys_tt.export"]
+    code = (f"import sys\nfrom recsys_tt.http_api import create_app\nfrom recsys_tt.recommender import Recommender, "
+            f"RecommendRequest\nr = Recommender.load({str(flat_export)!r})\n"
+            f"print(len(r.recommend(RecommendRequest(user_id='u0', k=3))['items']))\n"
+            f"print([m for m in {training!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:2] == ["3", "[]"]
+
+
+def test_bodies_over_the_limit_are_refused_before_parsing(flat_export):
+    small = Recommender.load(flat_export, ServingConfig(max_body_bytes=200))
+    with TestClient(create_app(small), raise_server_exceptions=False) as client:
+        big = {"user_id": "u0", "exclude": ["i1"] * 100}
+        declared = client.post("/recommend", json=big)
+        parts = [b'{"user_id": "u0", "exclude": [', b'"i1", ' * 60 + b'"i1"]}']  # no length declared: chunked
+        chunked = client.post("/recommend", content=iter(parts), headers={"content-type": "application/json"})
+        assert client.post("/recommend", json={"user_id": "u0", "k": 2}).status_code == 200
+    for response in (declared, chunked):
+        assert response.status_code == 413 and "max_body_bytes" in response.json()["detail"], response.text
+
+
+def test_feedback_must_name_a_served_slate_and_a_bounded_reward(recommender):
+    served = recommender.recommend(RecommendRequest(user_id="u1", k=2, seed=0))
+    shown = served["items"][0]["item_id"]
+    with TestClient(create_app(recommender)) as client:
+        def post(**body):
+            return client.post("/feedback", json=body)
+
+        assert post(request_id=served["request_id"], item_id=shown, reward=2.5).status_code == 200
+        never = post(request_id="f" * 32, item_id=shown)
+        unshown = next(i for i in recommender.export.item_ids if i not in {x["item_id"] for x in served["items"]})
+        elsewhere = post(request_id=served["request_id"], item_id=unshown)
+        huge = post(request_id=served["request_id"], item_id=shown, reward=1e308)
+        boolean = post(request_id=served["request_id"], item_id=shown, reward=True)
+    assert never.status_code == 404 and "was not served" in never.json()["detail"]
+    assert elsewhere.status_code == 422 and "was not in the slate" in elsewhere.json()["detail"]
+    assert huge.status_code == 422 and "[-1e+06, 1e+06]" in huge.json()["detail"]
+    assert boolean.status_code == 422
+    assert read_feedback(recommender.log.folder)["reward"].tolist() == [2.5]  # only the valid one was logged
+
+
+def test_log_files_beyond_the_cap_are_deleted_oldest_first(tmp_path, caplog):
+    log = PropensityLog(tmp_path, max_bytes=50, max_files=3)
+    for n in range(8):
+        log.log_feedback(Feedback(str(n), "x" * 60, 1.0, "t"))
+    log.close()
+    assert len(list(tmp_path.glob("feedback-*.jsonl"))) == 3 and "deleting the oldest" in caplog.text
+    assert read_feedback(tmp_path)["request_id"].tolist() == ["5", "6", "7"]
+
+
+def test_the_openapi_document_matches_what_the_server_sends(recommender):
+    with TestClient(create_app(recommender)) as client:
+        spec = client.get("/openapi.json").json()
+        metrics = client.get("/metrics")
+    responses = spec["paths"]["/recommend"]["post"]["responses"]
+    assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    assert {"404", "413"} <= set(responses) and "HTTPValidationError" not in spec["components"]["schemas"]
+    assert "404" in spec["paths"]["/feedback"]["post"]["responses"]
+    assert list(spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == [metrics.headers["content-type"]]
+    assert metrics.headers["content-type"].startswith("text/plain")

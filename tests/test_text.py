@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 import torch
 
+from recsys_tt.backbone import load_tokenizer
 from recsys_tt.data import DataError
 from recsys_tt.text import TextTemplates, render_table, tokenize_table, trim, user_text
-from recsys_tt.towers import load_tokenizer
 
 
 def test_item_template_renders_fields_and_blank_missing_values():

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recsys_tt.towers import TowerConfig, TwoTower, default_lora_targets, is_base_weight, load_model, pool
+from recsys_tt.backbone import load_model
+from recsys_tt.towers import TowerConfig, TwoTower, default_lora_targets, is_base_weight, pool
 
 
 def _tower(tiny_bert, **overrides) -> TwoTower:

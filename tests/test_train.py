@@ -45,8 +45,8 @@ def test_fit_then_test_reports_full_ranking_metrics(tmp_path, tiny_dataset, tiny
     if memory:
         assert len(cli.model.loss.memory[1]) == memory  # filled by earlier batches, capped
     metrics = cli.trainer.callback_metrics
-    for name in ("test/ndcg@10", "test/recall@20", "test/mrr@10"):
-        assert 0.0 <= float(metrics[name]) <= 1.0, name
+    # one target per user: its MRR term 1/(r+1) <= its NDCG term 1/log2(r+2) <= its hit
+    assert float(metrics["test/mrr@10"]) <= float(metrics["test/ndcg@10"]) <= float(metrics["test/recall@10"])
     assert float(metrics["test/recall@20"]) == 1.0  # 12 items, 5 seen: the target always ranks within 20
     run = tmp_path / "ml100k_minilm" / "version_0"
     assert (run / "curves.png").stat().st_size > 1000
@@ -103,7 +103,7 @@ def test_testing_after_fit_uses_the_best_validation_checkpoint(tmp_path, tiny_da
 
 
 def test_lora_training_leaves_the_backbone_unchanged(tmp_path, tiny_dataset, tiny_bert):
-    from recsys_tt.towers import load_model
+    from recsys_tt.backbone import load_model
 
     cli = main(_args(tmp_path, tiny_dataset, tiny_bert, 3, "--test_after_fit", "false"))
     original = load_model(tiny_bert).state_dict()

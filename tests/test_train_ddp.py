@@ -11,7 +11,7 @@ import torch
 from conftest import clean_env, train_args
 from transformers import AutoConfig, AutoModel
 
-from recsys_tt.towers import load_tokenizer
+from recsys_tt.backbone import load_tokenizer
 
 ROOT = Path(__file__).parents[1]
 
