@@ -150,7 +150,7 @@ class Recommender:
              log_dir: str | Path | None = None) -> Recommender:
         """Loads and checks an export folder and rebuilds its towers (refuses mismatched or incomplete folders)."""
         export = ExportFolder.load(export_dir)
-        export.encoder  # noqa: B018 (build and check the towers now, not on the first request)
+        export.encoder, export.user_features  # noqa: B018 (build the towers and user inputs now, not on a request)
         config = config or ServingConfig()
         log = PropensityLog(log_dir, config.log_file_bytes, config.log_max_files) if log_dir else None
         return cls(export, config, scorer, log)
