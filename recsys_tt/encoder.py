@@ -78,11 +78,15 @@ class Encoder:
                 chunks.append(self.model.encode_item_text(**{k: v.to(self.device) for k, v in part.items()}))
         return torch.cat(chunks) if chunks else torch.zeros(0, self.model.dim, device=self.device)
 
-    def catalog(self) -> tuple[np.ndarray, np.ndarray]:
-        """(text vectors, item vectors) of the whole catalog as float32 arrays."""
+    def catalog_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(text vectors, item vectors) of the whole catalog, (N, D) each, on the model's device."""
         text = self.item_text()
         with torch.no_grad():
-            items = self.model.add_item_ids(text, torch.arange(len(text), device=text.device))
+            return text, self.model.add_item_ids(text, torch.arange(len(text), device=text.device))
+
+    def catalog(self) -> tuple[np.ndarray, np.ndarray]:
+        """``catalog_tensors`` as float32 arrays."""
+        text, items = self.catalog_tensors()
         return text.float().cpu().numpy(), items.float().cpu().numpy()
 
     def users(self, batches: Iterable[dict[str, torch.Tensor]], text_vectors: np.ndarray) -> np.ndarray:

@@ -107,9 +107,8 @@ def run_test_metrics(checkpoint: Path) -> dict[str, float] | None:
     if not path.exists():
         return None
     frame = pd.read_csv(path)
-    columns = [c for c in frame.columns if c.startswith("test/")]
-    rows = frame[columns].dropna(how="all") if columns else frame.iloc[0:0]
-    return {c.removeprefix("test/"): float(rows[c].iloc[-1]) for c in columns if rows[c].notna().any()} or None
+    tested = {c.removeprefix("test/"): frame[c].dropna() for c in frame.columns if c.startswith("test/")}
+    return {name: float(values.iloc[-1]) for name, values in tested.items() if len(values)} or None
 
 
 def _jsonable(params) -> dict:

@@ -145,10 +145,7 @@ class TwoTowerModule(pl.LightningModule):
 
     # ----- evaluation ---------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self.catalog_text = self.encoder.item_text()
-        with torch.no_grad():
-            items = torch.arange(len(self.catalog_text), device=self.device)
-            self.catalog_vectors = self.model.add_item_ids(self.catalog_text, items)
+        self.catalog_text, self.catalog_vectors = self.encoder.catalog_tensors()
 
     on_test_epoch_start = on_validation_epoch_start
 

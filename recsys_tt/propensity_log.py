@@ -101,8 +101,10 @@ class _RotatingJsonl:
 
     def _drop_oldest(self) -> None:
         """Keeps at most ``max_files`` files of this prefix (names sort by creation time): a cap on disk use."""
+        if self.max_files is None:
+            return
         files = sorted(self.folder.glob(f"{self.prefix}-*.jsonl"))
-        for old in files[: max(len(files) - self.max_files, 0)] if self.max_files else []:
+        for old in files[: max(len(files) - self.max_files, 0)]:
             log.warning("Propensity log %s holds more than %d %s files; deleting the oldest, %s.", self.folder,
                         self.max_files, self.prefix, old.name)
             old.unlink(missing_ok=True)
