@@ -62,7 +62,11 @@ def load_checkpoint(path: str | Path) -> tuple[TwoTowerModule, RecDataModule]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint file at {path}; resolve_checkpoint finds one in a run folder.")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises a different type per kind of damage and advises weights_only=False
+        raise ValueError(f"{path} is not a checkpoint torch can read safely ({type(error).__name__}); pass a .ckpt "
+                         "file written by train.py.") from None
     needed = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")
     if any(key not in ckpt for key in needed):
         raise ValueError(f"{path} is not a recsys_tt training checkpoint (it lacks {needed}).")

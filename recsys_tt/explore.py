@@ -19,6 +19,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+MIN_TEMPERATURE = 1e-8
+"""Smallest positive temperature: below it a slate is greedy in effect and scores / temperature leaves float range."""
+
+
+def temperature_problem(temperature: float) -> str | None:
+    """Why ``temperature`` cannot be used, or None: it is 0 (greedy) or finite and >= MIN_TEMPERATURE."""
+    if temperature == 0 or (math.isfinite(temperature) and temperature >= MIN_TEMPERATURE):
+        return None
+    return f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}, got {temperature}"
+
 
 @dataclass(frozen=True)
 class ExplorationConfig:
@@ -38,15 +48,15 @@ class ExplorationConfig:
     """Slates drawn to estimate each shown item's per-position propensity (0: not estimated)."""
 
     def __post_init__(self) -> None:
-        checks = {"temperature": self.temperature >= 0 and math.isfinite(self.temperature),
+        checks = {"temperature": temperature_problem(self.temperature) is None,
                   "head": self.head >= 0, "epsilon": 0 <= self.epsilon <= 1,
                   "adaptive_boost": self.adaptive_boost >= 0 and math.isfinite(self.adaptive_boost),
                   "adaptive_half_life": self.adaptive_half_life > 0, "propensity_samples": self.propensity_samples >= 0}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"Exploration settings out of range: {', '.join(f'{b}={getattr(self, b)}' for b in bad)} "
-                             "(temperature >= 0, head >= 0, 0 <= epsilon <= 1, adaptive_boost >= 0, "
-                             "adaptive_half_life > 0, propensity_samples >= 0).")
+                             f"(temperature 0 or >= {MIN_TEMPERATURE:g}, head >= 0, 0 <= epsilon <= 1, "
+                             "adaptive_boost >= 0, adaptive_half_life > 0, propensity_samples >= 0).")
 
     def user_temperature(self, history_length: int, temperature: float | None = None) -> float:
         """The temperature for a user with ``history_length`` known items (``temperature`` overrides the base)."""
@@ -100,9 +110,10 @@ def _ranked_by_key(scores: np.ndarray, top: int, temperature: float, rng: np.ran
     """(n, top) indices of the largest scores / temperature + Gumbel noise, best first (greedy at temperature 0)."""
     if temperature == 0 or top == 0:
         return np.broadcast_to(np.arange(top), (n, top))
-    # float32 keys halve the cost of the thousands of propensity draws; U stays inside (0, 1), so no log(0)
+    # float32 noise halves the cost of the thousands of propensity draws; U stays inside (0, 1), so no log(0).
+    # The logits stay float64 and relative to the best score, so a tiny temperature cannot overflow them.
     uniform = rng.random((n, len(scores)), dtype=np.float32) * np.float32(1 - 2**-23) + np.float32(2**-24)
-    keys = (scores / temperature).astype(np.float32) - np.log(-np.log(uniform))
+    keys = (scores - scores.max()) / temperature - np.log(-np.log(uniform))
     best = np.argpartition(-keys, top - 1, axis=1)[:, :top]
     order = np.argsort(-np.take_along_axis(keys, best, 1), axis=1, kind="stable")
     return np.take_along_axis(best, order, 1)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys_tt.explore import ExplorationConfig, explore
+from recsys_tt.explore import ExplorationConfig, explore, temperature_problem
 from recsys_tt.export_folder import ExportFolder
 from recsys_tt.propensity_log import Feedback, Impression, PropensityLog
 from recsys_tt.rerank import CandidateScorer, exact_scores, mmr
@@ -214,8 +214,8 @@ class Recommender:
         problems = []
         if not 1 <= request.k <= min(config.max_k, catalog):
             problems.append(f"k must be in 1..{min(config.max_k, catalog)}, got {request.k}")
-        if request.temperature is not None and not (math.isfinite(request.temperature) and request.temperature >= 0):
-            problems.append(f"temperature must be a finite number >= 0, got {request.temperature}")
+        if request.temperature is not None and (problem := temperature_problem(request.temperature)):
+            problems.append(problem)
         if request.text is not None and len(request.text) > config.max_text_chars:
             problems.append(f"text has {len(request.text)} characters; the limit is {config.max_text_chars}")
         if len(request.recent_item_ids) > config.max_recent_items:

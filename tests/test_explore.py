@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -14,9 +15,10 @@ SCORES = np.array([0.9, 0.7, 0.65, 0.3, 0.1])
 CHI2_DF19_P001 = 43.82  # chi-square critical value: 19 degrees of freedom, p = 0.001
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1e-9])
+@pytest.mark.parametrize("temperature", [0.0, 1e-8])
 def test_temperature_to_zero_is_the_argmax_slate_for_any_seed(temperature):
     config = ExplorationConfig(temperature=temperature)
+    warnings.simplefilter("error")  # the smallest temperature must not overflow the sampling keys
     for seed in range(20):
         slate = explore(SCORES, 3, config, temperature, np.random.default_rng(seed))
         assert slate.picks.tolist() == [0, 1, 2]
@@ -75,7 +77,8 @@ def test_adaptive_temperature_is_larger_for_short_histories():
     assert ExplorationConfig(temperature=0.1).user_temperature(0) == 0.1
 
 
-@pytest.mark.parametrize("field, value", [("temperature", -1.0), ("temperature", float("nan")), ("epsilon", 1.5),
+@pytest.mark.parametrize("field, value", [("temperature", -1.0), ("temperature", float("nan")), ("temperature", 1e-300),
+                                          ("epsilon", 1.5),
                                           ("head", -1), ("adaptive_half_life", 0.0)])
 def test_nonsense_exploration_settings_are_refused(field, value):
     with pytest.raises(ValueError, match=field):

@@ -213,6 +213,10 @@ def test_checkpoint_of_another_backbone_is_refused(trained, tiny_llama, tmp_path
     torch.save({"state_dict": {}}, tmp_path / "junk.ckpt")
     with pytest.raises(ValueError, match="not a recsys_tt training checkpoint"):
         load_checkpoint(tmp_path / "junk.ckpt")
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint\n")
+    with pytest.raises(ValueError, match="not a checkpoint torch can read") as refused:
+        load_checkpoint(tmp_path / "notes.ckpt")
+    assert "weights_only" not in str(refused.value)
 
 
 def test_two_process_ddp_scoring_merges_shards_into_the_single_process_result(flat_export, tmp_path):

@@ -89,7 +89,8 @@ def test_a_pluggable_scorer_reorders_candidates(flat_export):
 
 @pytest.mark.parametrize("request_fields, message", [
     ({"user_id": "u0", "k": 0}, "k must be in"), ({"user_id": "u0", "k": 50}, "k must be in"),
-    ({"user_id": "u0", "temperature": -0.1}, "temperature"), ({"text": "x" * 6000}, "characters"),
+    ({"user_id": "u0", "temperature": -0.1}, "temperature"), ({"user_id": "u0", "temperature": 1e-300}, "temperature"),
+    ({"text": "x" * 6000}, "characters"),
     ({}, "give a user_id"), ({"user_id": "u0", "text": "hi"}, "not both"),
     ({"recent_item_ids": ["nope"]}, "None of the recent_item_ids"),
 ])

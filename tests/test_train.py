@@ -176,3 +176,11 @@ def test_sigterm_is_a_failure_that_says_where_to_resume(tmp_path, tiny_dataset, 
     assert "Stopped by SIGTERM" in done.stderr and "--ckpt_path" in done.stderr
     assert "test/ndcg@10" not in done.stdout  # no test of a half-trained model
     assert (tmp_path / "ml100k_minilm/version_0/checkpoints/last.ckpt").exists()  # what the message says to resume
+
+
+def test_fast_dev_run_trains_and_tests_one_batch_without_writing_a_run(tmp_path, tiny_dataset, tiny_bert):
+    args = [a for a in _args(tmp_path, tiny_dataset, tiny_bert, 3) if a != "--trainer.max_steps"]
+    args.remove("3")
+    cli = main([*args, "--trainer.fast_dev_run", "true"])
+    assert cli.trainer.global_step == 1 and "test/ndcg@10" in cli.trainer.callback_metrics
+    assert not (tmp_path / "ml100k_minilm").exists()  # Lightning's dummy logger writes nothing, curves included
