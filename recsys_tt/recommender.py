@@ -182,6 +182,9 @@ class Recommender:
         unknown = user.unknown_items + unknown_excluded
         if unknown:
             response["unknown_item_ids"] = unknown
+        if len(shown) < request.k:  # a client paging by k must not mistake this for a full slate
+            response["short_slate"] = (f"{len(shown)} of the {request.k} items asked for: every other item is "
+                                       "excluded or in the user's history.")
         if self.log is not None:
             self.log.log_slate(self._log_record(response, user, rows, scores, slate, shown))
             self._served.put(response["request_id"], frozenset(self._item_ids[shown].tolist()))

@@ -58,6 +58,17 @@ def test_greedy_slate_is_the_exact_top_k_without_seen_items(recommender):
     assert scores == sorted(scores, reverse=True)
 
 
+def test_a_slate_cut_short_by_exclusions_says_so(recommender):
+    export = recommender.export
+    unseen = np.setdiff1d(np.arange(len(export.items)), export.split.history(3, "all"))
+    kept = export.items["item_id"].to_numpy()[unseen[:2]].tolist()
+    excluded = [i for i in export.items["item_id"].to_numpy()[unseen].tolist() if i not in kept]
+    response = recommender.recommend(RecommendRequest(user_id="u3", k=5, exclude=excluded))
+    assert sorted(i["item_id"] for i in response["items"]) == sorted(kept)
+    assert response["short_slate"].startswith("2 of the 5 items")
+    assert "short_slate" not in recommender.recommend(RecommendRequest(user_id="u3", k=2))
+
+
 def test_new_users_by_text_or_recent_items_and_exclusions(recommender):
     by_text = recommender.recommend(RecommendRequest(text="A 30 year old writer.", k=3, temperature=0.0))
     assert len(by_text["items"]) == 3 and by_text["user_id"] is None
