@@ -14,6 +14,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Hashable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,8 @@ class Recommender:
         self.cache = _Lru(self.config.cache_size)  # user vectors
         self._served = _Lru(self.config.feedback_window)  # request id -> the item ids its slate showed
         self._encode_lock = threading.Lock()  # one forward pass at a time; torch uses all cores for each
+        self._pending: dict[Hashable, Future] = {}  # users being encoded now -> their vector when done
+        self._pending_lock = threading.Lock()
         self._user_rows, self._item_ids = export.user_rows, export.item_ids
         self._names = export.items["history_name"].astype(str).to_numpy()
         self._texts = export.items["text"].astype(str).to_numpy()
@@ -253,11 +256,28 @@ class Recommender:
         return _User(("new", text, tuple(history.tolist())), None, history, text, unknown)
 
     def _vector(self, user: _User) -> np.ndarray:
+        """The cached vector, else one encode per user: concurrent misses for the same user wait for the first."""
         vector = self.cache.get(user.cache_key)
-        if vector is None:
+        if vector is not None:
+            return vector
+        with self._pending_lock:
+            pending = self._pending.get(user.cache_key)
+            first = pending is None
+            if first:
+                pending = self._pending[user.cache_key] = Future()
+        if not first:
+            return pending.result()
+        try:
             vector = self._encode([user])[0]
             self.cache.put(user.cache_key, vector)
-        return vector
+            pending.set_result(vector)
+            return vector
+        except BaseException as error:
+            pending.set_exception(error)
+            raise
+        finally:
+            with self._pending_lock:
+                del self._pending[user.cache_key]
 
     def _encode(self, users: list[_User], batch_size: int = 256) -> list[np.ndarray]:
         """User vectors in the order given: dataset users with all their history, new users from text + items."""

@@ -58,6 +58,30 @@ def test_greedy_slate_is_the_exact_top_k_without_seen_items(recommender):
     assert scores == sorted(scores, reverse=True)
 
 
+def test_concurrent_misses_for_one_user_encode_it_once(flat_export):
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    plain = Recommender.load(flat_export, EXPLORING)
+    encode, calls, lock = plain._encode, [], threading.Lock()
+
+    def slow_encode(users, *args):
+        with lock:
+            calls.extend(u.cache_key for u in users)
+        time.sleep(0.2)  # every other request arrives while this one encodes
+        return encode(users, *args)
+
+    plain._encode = slow_encode
+    requests = [RecommendRequest(text="Likes westerns.", k=2, temperature=0.0)] * 6 + \
+        [RecommendRequest(user_id="u1", k=2, temperature=0.0)] * 6
+    with ThreadPoolExecutor(12) as pool:
+        slates = list(pool.map(plain.recommend, requests))
+    assert sorted(key[0] for key in calls) == ["id", "new"]  # one encode per user, not twelve
+    assert len({tuple(i["item_id"] for i in s["items"]) for s in slates[:6]}) == 1
+    assert not plain._pending  # nothing left waiting
+
+
 def test_a_slate_cut_short_by_exclusions_says_so(recommender):
     export = recommender.export
     unseen = np.setdiff1d(np.arange(len(export.items)), export.split.history(3, "all"))
