@@ -34,7 +34,7 @@ def add_items(export_dir: str | Path, items_file: str | Path) -> dict:
     new = _new_items(items_file, export.item_rows)
     texts = render_table(export.templates.item, new, "item")
     names = render_table(export.templates.history_item, new, "item")
-    text = export.encoder.item_text(export.item_tokens(texts)).float().cpu().numpy()
+    text = export.encoder.item_text(export.item_tokens(texts), progress=True).float().cpu().numpy()
     items = pd.concat([export.items, pd.DataFrame({"item_id": new["item_id"], "text": texts, "history_name": names,
                                                    "train_count": 0})], ignore_index=True)
     _write_extended(export, items, text, text)  # new items have no trained id vector: their vector is their text

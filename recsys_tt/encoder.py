@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from recsys_tt.text import trim
 from recsys_tt.towers import TwoTower
@@ -66,14 +67,18 @@ class Encoder:
         finally:
             self.model.train(was_training)
 
-    def item_text(self, tokens: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """(M, D) text vectors (before id vectors) of tokenised items; by default the whole catalog."""
+    def item_text(self, tokens: dict[str, torch.Tensor] | None = None, progress: bool = False) -> torch.Tensor:
+        """(M, D) text vectors (before id vectors) of tokenised items; by default the whole catalog.
+
+        ``progress`` shows a progress bar (for jobs outside a Lightning loop, which has its own).
+        """
         tokens = self.item_tokens if tokens is None else tokens
         if tokens is None:
             raise ValueError("This encoder holds no catalog tokens; pass the items' tokens.")
         chunks = []
         with self._inference():
-            for start in range(0, len(tokens["input_ids"]), self.chunk_size):
+            starts = range(0, len(tokens["input_ids"]), self.chunk_size)
+            for start in tqdm(starts, desc="encoding items", unit="chunk", disable=not progress, leave=False):
                 part = trim({k: v[start: start + self.chunk_size] for k, v in tokens.items()})
                 chunks.append(self.model.encode_item_text(**{k: v.to(self.device) for k, v in part.items()}))
         return torch.cat(chunks) if chunks else torch.zeros(0, self.model.dim, device=self.device)

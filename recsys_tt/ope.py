@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from recsys_tt.explore import ExplorationConfig, position_marginals, sample_slates
 from recsys_tt.propensity_log import read_impressions, slate_positions
@@ -112,7 +113,9 @@ def evaluate_target(logged: LoggedSlates, target: ExplorationConfig, samples: in
     n, k = logged.picks.shape
     weights = fit_reward_model(logged)
     target_prob, direct, modelled = np.empty((n, k)), np.empty(n), np.empty((n, k))
-    for i, (scores, picks) in enumerate(zip(logged.scores, logged.picks)):
+    slates = tqdm(enumerate(zip(logged.scores, logged.picks)), total=n, unit="slate", mininterval=1.0, leave=False,
+                  desc=f"OPE (temperature {target.temperature:g})")
+    for i, (scores, picks) in slates:
         temperature = target.user_temperature(int(logged.history_length[i]))
         marginals = position_marginals(scores, k, target, temperature, rng, samples)
         reward = _reward(weights, scores)

@@ -18,6 +18,7 @@ import copy
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from recsys_tt.data import read_ids
 from recsys_tt.explore import ExplorationConfig, position_marginals
@@ -93,7 +94,7 @@ def serve_round(recommender: Recommender, users: SimulatedUsers, k: int, seed: i
     recommender.warm_cache(requests)
     rng, looks = np.random.default_rng(seed), examination(k)
     shown, clicks, request_ids = np.full((len(users), k), -1), np.zeros(len(users)), []
-    for u, request in enumerate(requests):
+    for u, request in enumerate(tqdm(requests, desc=f"round seed {seed}", unit="user", mininterval=1.0, leave=False)):
         response = recommender.recommend(request)
         request_ids.append(response["request_id"])
         rows = [rows_of[item["item_id"]] for item in response["items"]]

@@ -126,7 +126,7 @@ def test_tampered_exports_are_refused(flat_export, tmp_path):
         ExportFolder.load(copy)
 
 
-def test_added_items_match_a_fresh_encoding_and_can_be_retrieved(flat_export, tmp_path):
+def test_added_items_match_a_fresh_encoding_and_can_be_retrieved(flat_export, tmp_path, capsys):
     import shutil
 
     from recsys_tt.data import DataError
@@ -137,6 +137,7 @@ def test_added_items_match_a_fresh_encoding_and_can_be_retrieved(flat_export, tm
     pd.DataFrame({"item_id": ["n1", "n2"], "title": ["A brand new film", "Another one"],
                   "genres": ["Drama", "Horror"]}).to_csv(new, index=False)
     assert add_items(folder, new)["num_items"] == 14
+    assert "encoding items" in capsys.readouterr().err  # a progress bar, for catalogs of millions
     export = ExportFolder.load(folder)
     fresh_text = export.encoder.item_text(export.item_tokens(export.items["text"].tolist()))
     fresh = export.encoder.model.add_item_ids(fresh_text, torch.arange(14)).detach().numpy()
