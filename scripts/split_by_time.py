@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 
 from recsys_tt.cli import run
-from recsys_tt.data import parse_timestamps, read_table, require_columns
+from recsys_tt.data import read_table, require_columns
+from recsys_tt.splits import split_by_time
 
 
 def main(interactions: str, out: str, fraction: float = 0.5, min_past: int = 3) -> None:
@@ -24,21 +25,14 @@ def main(interactions: str, out: str, fraction: float = 0.5, min_past: int = 3) 
         fraction: share of each user's interactions kept in the past.
         min_past: fewest past interactions per user (users with fewer have no future).
     """
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction must be in (0, 1), got {fraction}.")
     frame = read_table(interactions)
     require_columns(frame, ["user_id", "item_id", "timestamp"], interactions)
-    frame = frame.reset_index(drop=True).assign(_order=lambda f: range(len(f)),
-                                                _time=parse_timestamps(frame["timestamp"], interactions))
-    frame = frame.sort_values(["user_id", "_time", "_order"], kind="stable")
-    position = frame.groupby("user_id").cumcount()
-    size = frame.groupby("user_id")["item_id"].transform("size")
-    past = position < (size * fraction).astype(int).clip(lower=min_past)
+    past, future = split_by_time(frame, interactions, fraction, min_past)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    for name, part in (("past", frame[past]), ("future", frame[~past])):
-        part.sort_values("_order").drop(columns=["_order", "_time"]).to_csv(folder / f"{name}.csv", index=False)
-    print(json.dumps({"past": int(past.sum()), "future": int((~past).sum()), "users": int(frame["user_id"].nunique()),
+    past.to_csv(folder / "past.csv", index=False)
+    future.to_csv(folder / "future.csv", index=False)
+    print(json.dumps({"past": len(past), "future": len(future), "users": int(frame["user_id"].nunique()),
                       "out": str(folder)}))
 
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from recsys_tt.cli import run
 from recsys_tt.data import read_table, require_columns
+from recsys_tt.splits import split_new_users
 
 
 def main(interactions: str, out: str, fraction: float = 0.2, seed: int = 0) -> None:
@@ -27,19 +26,14 @@ def main(interactions: str, out: str, fraction: float = 0.2, seed: int = 0) -> N
         fraction: share of users held out.
         seed: seed of the random choice of users.
     """
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction must be in (0, 1), got {fraction}.")
     frame = read_table(interactions)
     require_columns(frame, ["user_id", "item_id", "timestamp"], interactions)
-    user_ids = frame["user_id"].astype(str)
-    users = np.sort(user_ids.unique())
-    held_out = np.random.default_rng(seed).choice(users, max(1, round(fraction * len(users))), replace=False)
-    new = user_ids.isin(set(held_out))
+    past, new, held_out = split_new_users(frame, fraction, seed)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    frame[~new].to_csv(folder / "past.csv", index=False)
-    frame[new].to_csv(folder / "new_users.csv", index=False)
-    print(json.dumps({"past": int((~new).sum()), "new_users": len(held_out), "new_user_interactions": int(new.sum()),
+    past.to_csv(folder / "past.csv", index=False)
+    new.to_csv(folder / "new_users.csv", index=False)
+    print(json.dumps({"past": len(past), "new_users": len(held_out), "new_user_interactions": len(new),
                       "out": str(folder)}))
 
 
