@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+_FLOAT32_FLOOR = -1e38  # logits below it (probability exp(-1e38) = 0) are clipped so float32 keys stay finite
 MIN_TEMPERATURE = 1e-8
 """Smallest positive temperature: below it a slate is greedy in effect and scores / temperature leaves float range."""
 
@@ -110,10 +111,11 @@ def _ranked_by_key(scores: np.ndarray, top: int, temperature: float, rng: np.ran
     """(n, top) indices of the largest scores / temperature + Gumbel noise, best first (greedy at temperature 0)."""
     if temperature == 0 or top == 0:
         return np.broadcast_to(np.arange(top), (n, top))
-    # float32 noise halves the cost of the thousands of propensity draws; U stays inside (0, 1), so no log(0).
-    # The logits stay float64 and relative to the best score, so a tiny temperature cannot overflow them.
+    # float32 keys halve the cost of the thousands of propensity draws; U stays inside (0, 1), so no log(0).
+    # Logits relative to the best score, floored inside float32 range, cannot overflow at a tiny temperature.
     uniform = rng.random((n, len(scores)), dtype=np.float32) * np.float32(1 - 2**-23) + np.float32(2**-24)
-    keys = (scores - scores.max()) / temperature - np.log(-np.log(uniform))
+    logits = np.maximum((scores - scores.max()) / temperature, _FLOAT32_FLOOR).astype(np.float32)
+    keys = logits - np.log(-np.log(uniform))
     best = np.argpartition(-keys, top - 1, axis=1)[:, :top]
     order = np.argsort(-np.take_along_axis(keys, best, 1), axis=1, kind="stable")
     return np.take_along_axis(best, order, 1)
