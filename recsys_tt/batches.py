@@ -8,7 +8,9 @@ start..end-1 once and predicts each next item, items start+1..end.
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -71,13 +73,19 @@ class StepBatches:
         return self.steps_per_epoch
 
     def __iter__(self) -> Iterator[dict]:
-        step = self.current_step()
-        epoch, start = divmod(step, self.steps_per_epoch)
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
-        global_batch = self.batch_size * self.world_size
+        epoch, start = divmod(self.current_step(), self.steps_per_epoch)
         for b in range(start, self.steps_per_epoch):
-            first = b * global_batch + self.rank * self.batch_size
-            yield self.make_batch(self.examples[order[first: first + self.batch_size]])
+            yield self.batch_at(epoch * self.steps_per_epoch + b)
+
+    def batch_at(self, step: int) -> dict:
+        """The batch of this rank at optimizer step ``step``."""
+        epoch, b = divmod(step, self.steps_per_epoch)
+        first = b * self.batch_size * self.world_size + self.rank * self.batch_size
+        return self.make_batch(self.examples[self._order(epoch)[first: first + self.batch_size]])
+
+    @functools.lru_cache(maxsize=2)  # noqa: B019 (two epochs' orders per loader, freed with it)
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
 
     def state_dict(self) -> dict[str, int]:
         """What fixes the batch sequence, saved in checkpoints; the position comes from the trainer's step.
@@ -87,9 +95,41 @@ class StepBatches:
         return {"seed": self.seed, "batch_size": self.batch_size, "world_size": self.world_size,
                 "examples": len(self.examples)}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        now = self.state_dict()
-        changed = {k: (v, now.get(k)) for k, v in state.items() if now.get(k) != v}
-        if changed:
-            log.warning("Resuming with other batches than the checkpoint's run, so it will not reproduce that run "
-                        "(setting: (checkpoint, now)): %s", changed)
+    def load_state_dict(self, state: dict) -> None:
+        warn_if_changed(state, self.state_dict())
+
+
+class MixedBatches:
+    """Two resumable sources interleaved: a ``share`` of the steps take ``first``'s next batch, spread evenly (step s
+    is first's when floor((s + 1) share) > floor(s share)), the others ``second``'s; an epoch is one pass of first."""
+
+    def __init__(self, first: StepBatches, second: StepBatches, share: float, current_step: Callable[[], int]) -> None:
+        if not 0 < share < 1:
+            raise ValueError(f"share must be in (0, 1), got {share}.")
+        self.first, self.second, self.share, self.current_step = first, second, share, current_step
+
+    def __len__(self) -> int:
+        return max(round(len(self.first) / self.share), 1)
+
+    def __iter__(self) -> Iterator[dict]:
+        epoch, start = divmod(self.current_step(), len(self))
+        for step in range(epoch * len(self) + start, (epoch + 1) * len(self)):
+            taken = math.floor(step * self.share)  # first's batches before this step
+            if math.floor((step + 1) * self.share) > taken:
+                yield self.first.batch_at(taken)
+            else:
+                yield self.second.batch_at(step - taken)
+
+    def state_dict(self) -> dict:
+        return {"share": self.share, "first": self.first.state_dict(), "second": self.second.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        warn_if_changed(state, self.state_dict())
+
+
+def warn_if_changed(saved: dict, now: dict) -> None:
+    """Warns when a resumed run's batches are not those of the checkpoint's run."""
+    changed = {k: (v, now.get(k)) for k, v in saved.items() if now.get(k) != v}
+    if changed:
+        log.warning("Resuming with other batches than the checkpoint's run, so it will not reproduce that run "
+                    "(setting: (checkpoint, now)): %s", changed)

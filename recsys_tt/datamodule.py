@@ -13,9 +13,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from recsys_tt.backbone import DEFAULT_BACKBONE, load_tokenizer
-from recsys_tt.batches import StepBatches, pad_rows
+from recsys_tt.batches import MixedBatches, StepBatches, pad_rows
 from recsys_tt.data import InteractionData, LeaveOneOut, load_interaction_data
 from recsys_tt.files import default_cache_dir
+from recsys_tt.logged_clicks import LoggedClicks, read_logged_clicks
 from recsys_tt.movielens import RELEASES, ensure_movielens
 from recsys_tt.text import TextTemplates, render_table, tokenize_table
 from recsys_tt.user_inputs import UserFeatures, UserInput
@@ -44,6 +45,8 @@ class RecDataModule(pl.LightningDataModule):
         eval_batch_size: int = 128,
         val_users: int | None = None,
         seed: int = 0,
+        logs: str | None = None,
+        logs_share: float = 1.0,
         backbone: str = DEFAULT_BACKBONE,
     ) -> None:
         """Data, text and batching.
@@ -71,6 +74,11 @@ class RecDataModule(pl.LightningDataModule):
             val_users: validate on a fixed random sample of this many users (None: all); test always ranks for all
                 users. On ML-1M, all 6,040 users take about a minute per validation on 2 CPU cores.
             seed: seeds the order of training examples.
+            logs: a propensity log folder (serve.py --log_dir) whose clicks to train on, each weighted by
+                model.loss.log_correction; usually with model.init_checkpoint, to fine-tune a trained model on what
+                it served. Validation and test stay on the interactions' leave-one-out split.
+            logs_share: with logs, the share of training steps whose batch is logged clicks; the others are
+                batches of the interactions (1: logs only).
             backbone: linked from model.tower.backbone (its tokenizer is used).
 
         How users enter the user tower (``user_input``) is the model's setting; ``setup`` takes it from the trainer's
@@ -82,6 +90,8 @@ class RecDataModule(pl.LightningDataModule):
             raise ValueError("dataset: files needs data.interactions and data.items paths.")
         if min_history < 0:
             raise ValueError(f"data.min_history must be >= 0, got {min_history}.")
+        if not 0 < logs_share <= 1:
+            raise ValueError(f"data.logs_share must be in (0, 1], got {logs_share}.")
         if val_users is not None and val_users <= 0:
             raise ValueError(f"data.val_users must be positive or null (all users), got {val_users}.")
         for name in ("max_item_tokens", "max_user_tokens", "max_profile_tokens", "history_len", "batch_size",
@@ -120,8 +130,16 @@ class RecDataModule(pl.LightningDataModule):
         return self.data.num_items
 
     @functools.cached_property
+    def logged_clicks(self) -> LoggedClicks | None:
+        return read_logged_clicks(self.hparams.logs, self.data.item_index()) if self.hparams.logs else None
+
+    @functools.cached_property
     def item_counts(self) -> torch.Tensor:
-        return torch.as_tensor(self.split.item_counts(self.num_items))
+        """Training targets per item: the interactions' and the logged clicks' (for logQ and the id vectors)."""
+        counts = self.split.item_counts(self.num_items)
+        if self.logged_clicks is not None:
+            counts = counts + self.logged_clicks.item_counts(self.num_items)
+        return torch.as_tensor(counts)
 
     @functools.cached_property
     def tokenizer(self):
@@ -165,6 +183,18 @@ class RecDataModule(pl.LightningDataModule):
         positive = torch.full_like(targets, -1).masked_scatter(valid, column)
         return {**self.user_features.batch(examples[:, 0], histories), "items": unique, "positive": positive}
 
+    def log_batch(self, examples: np.ndarray) -> dict[str, torch.Tensor]:
+        """Logged clicks (B, 1) -> the users as served, the unique clicked items, each click's column, what to leave
+        out of the model's policy (the history) and what the off-policy weights need."""
+        clicks, rows = self.logged_clicks, examples[:, 0]
+        histories = [clicks.histories[i] for i in rows]
+        unique, column = torch.unique(torch.as_tensor(clicks.items[rows]), return_inverse=True)
+        return {**self.user_features.batch_from_text([clicks.profiles[i] for i in rows], histories),
+                "items": unique, "positive": self._mode.click_targets(histories, column, self.hparams.history_len),
+                "exclude": pad_rows(histories),
+                "pick_probability": torch.as_tensor(clicks.pick_probability[rows], dtype=torch.float32),
+                "slate_size": torch.as_tensor(clicks.slate_size[rows])}
+
     def eval_batch(self, users: list[int], stage: str) -> dict[str, torch.Tensor]:
         """Users -> user inputs with the history before the ``stage`` target, the target and items to exclude."""
         users = np.asarray(users)
@@ -172,13 +202,26 @@ class RecDataModule(pl.LightningDataModule):
         return {**self.user_features.batch(users, histories), "exclude": pad_rows(histories),
                 "target": torch.as_tensor(self.split.targets(stage)[users])}
 
-    def train_dataloader(self) -> StepBatches:
+    def train_dataloader(self) -> StepBatches | MixedBatches:
         trainer, hp = self.trainer, self.hparams
+
+        def step() -> int:
+            return trainer.global_step * trainer.accumulate_grad_batches
+
+        def batches(examples: np.ndarray, make_batch) -> StepBatches:
+            return StepBatches(examples, make_batch, hp.batch_size, hp.seed, trainer.global_rank, trainer.world_size,
+                               current_step=step)
+
         examples = self._mode.training_examples(self.split.train, hp.history_len, hp.min_history)
         log.info("%d training examples for %s users", len(examples), self._mode.name)
-        return StepBatches(examples, self.train_batch, hp.batch_size, hp.seed, trainer.global_rank,
-                           trainer.world_size,
-                           current_step=lambda: trainer.global_step * trainer.accumulate_grad_batches)
+        if self.logged_clicks is None:
+            return batches(examples, self.train_batch)
+        log.info("%d logged clicks from %s (%.0f%% of the steps)", len(self.logged_clicks), hp.logs,
+                 100 * hp.logs_share)
+        logged = batches(np.arange(len(self.logged_clicks))[:, None], self.log_batch)
+        if hp.logs_share == 1:
+            return logged
+        return MixedBatches(logged, batches(examples, self.train_batch), hp.logs_share, step)
 
     def _eval_loader(self, stage: str) -> DataLoader:
         users = np.flatnonzero(self.split.targets(stage) >= 0)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys_tt.checkpoints import load_checkpoint, pick_device, resolve_checkpoint
+from recsys_tt.checkpoint_files import resolve_checkpoint
+from recsys_tt.checkpoints import load_checkpoint, pick_device
 from recsys_tt.datamodule import RecDataModule
 from recsys_tt.encoder import dtype_name
 from recsys_tt.export_folder import FORMAT_VERSION, dataset_user_batches, hashed_files

@@ -7,6 +7,9 @@ columns, so subtracting its log removes the popularity bias of in-batch negative
 holds the same item as a row's positive but is not that row's positive column is an accidental hit and is
 masked out, so an item is never its own negative (this happens when an item is the target of several rows
 and columns are not de-duplicated, e.g. after gathering items across DDP ranks).
+
+Rows may carry weights: clicks from a serving log are weighted towards what the model's own policy would have
+shown (``click_weights``), so that training on logs does not learn the logging policy's choices back.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from torch import nn
 
 
 def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, positive: torch.Tensor, temperature: torch.Tensor,
-                         logq: torch.Tensor | None = None, item_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean cross-entropy of each row against its positive column.
+                         logq: torch.Tensor | None = None, item_ids: torch.Tensor | None = None,
+                         weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy of each row against its positive column (weighted mean with ``weight``).
 
     Args:
         user: (B, D) user vectors.
@@ -32,6 +36,7 @@ def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, positive: torch
         temperature: scalar that divides the similarities.
         logq: (M,) log sampling probability of each column's item; subtracted from every logit.
         item_ids: (M,) item identity of each column, for accidental-hit masking; -1 marks padding columns.
+        weight: (B,) non-negative row weights.
     """
     logits = user.float() @ item.float().T / temperature  # (B, M)
     if logq is not None:
@@ -41,7 +46,29 @@ def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, positive: torch
         same_item = item_ids.unsqueeze(0) == item_ids[positive].unsqueeze(1)  # (B, M)
         same_item[rows, positive] = False
         logits = logits.masked_fill(same_item | (item_ids < 0).unsqueeze(0), float("-inf"))
-    return F.cross_entropy(logits, positive)
+    if weight is None:
+        return F.cross_entropy(logits, positive)
+    return (F.cross_entropy(logits, positive, reduction="none") * weight).sum() / weight.sum().clamp(min=1e-12)
+
+
+def click_weights(target: torch.Tensor, logging: torch.Tensor, slate_size: torch.Tensor,
+                  config: LossConfig) -> torch.Tensor:
+    """(B,) weights of logged clicks for the off-policy corrected objective (``config.log_correction``).
+
+    ``target`` is the model's probability of the clicked item (pi), ``logging`` the logging policy's probability of
+    the pick that showed it (beta), ``slate_size`` K. "ips" weighs pi / beta; "topk" multiplies by
+    K (1 - pi)^(K - 1), the gradient of pi's chance to be among K draws (Chen et al. 2019, "Top-K Off-Policy
+    Correction for a REINFORCE Recommender System"); "none" weighs every click 1. Weights are scaled to a batch
+    mean of 1 (pi over a whole catalog is small, and the scale would only act as a learning rate) and then capped
+    at ``config.log_weight_cap``, which bounds the variance a few rare picks can add.
+    """
+    if config.log_correction == "none":
+        return torch.ones_like(target)
+    weight = target.double() / logging.double().clamp(min=1e-12)
+    if config.log_correction == "topk":
+        weight = weight * slate_size * (1 - target.double()) ** (slate_size - 1)
+    weight = weight / weight.mean().clamp(min=1e-300)
+    return weight.clamp(max=config.log_weight_cap).float()
 
 
 def gather_items(item: torch.Tensor, positive: torch.Tensor, items: torch.Tensor):
@@ -96,6 +123,11 @@ class LossConfig:
     """The softmax's columns: the batch's de-duplicated items (sampled softmax with logQ), or every catalog item (full
     softmax: no sampling bias, so logQ and cross-batch memory do not apply). "catalog" suits catalogs of up to tens
     of thousands of items: the rows' text vectors come from the catalog cache but for ``model.fresh_items``."""
+    log_correction: Literal["topk", "ips", "none"] = "topk"
+    """How clicks from a serving log (``data.logs``) are weighted against the logging policy's choices: the top-K
+    off-policy correction, plain importance weights, or not at all (which learns the logging policy back)."""
+    log_weight_cap: float = 10.0
+    """Largest weight of one logged click (weights average 1 in a batch before the cap)."""
     memory_size: int = 0
     """Cross-batch memory: the item vectors of recent batches (detached) join the negatives, up to this many
     columns, each with the logQ of the batch it came from; 0 turns it off. The memory is not checkpointed: a
@@ -105,6 +137,8 @@ class LossConfig:
         if not 0 < self.min_temperature <= self.temperature <= self.max_temperature:
             raise ValueError("Need 0 < min_temperature <= temperature <= max_temperature; got "
                              f"{self.min_temperature}, {self.temperature}, {self.max_temperature}.")
+        if self.log_weight_cap <= 0:
+            raise ValueError(f"log_weight_cap must be positive, got {self.log_weight_cap}.")
         if self.memory_size < 0:
             raise ValueError(f"memory_size must be >= 0, got {self.memory_size}.")
         if self.negatives == "catalog" and self.memory_size:
@@ -141,11 +175,11 @@ class InBatchSoftmax(nn.Module):
         bounds = (math.log(self.config.min_temperature), math.log(self.config.max_temperature))
         return self.log_temperature.clamp(*bounds).exp()
 
-    def forward(self, user: torch.Tensor, item: torch.Tensor, positive: torch.Tensor,
-                items: torch.Tensor) -> torch.Tensor:
-        """user (B, D), item (M, D), positive (B,) columns, items (M,) item indices of the columns."""
+    def forward(self, user: torch.Tensor, item: torch.Tensor, positive: torch.Tensor, items: torch.Tensor,
+                weight: torch.Tensor | None = None) -> torch.Tensor:
+        """user (B, D), item (M, D), positive (B,) columns, items (M,) item indices of the columns, weight (B,)."""
         if self.config.negatives == "catalog":  # every rank holds every item: nothing to gather, no sampling bias
-            return sampled_softmax_loss(user, item, positive, self.temperature)
+            return sampled_softmax_loss(user, item, positive, self.temperature, weight=weight)
         rows = len(positive)
         item, positive, items = gather_items(item, positive, items)
         draws = rows * (dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1)
@@ -155,7 +189,8 @@ class InBatchSoftmax(nn.Module):
         if self.memory is not None and self.training:
             columns = torch.cat([item, self.memory[0].to(item.dtype)])
             ids, column_logq = torch.cat([items, self.memory[1]]), torch.cat([logq, self.memory[2]])
-        loss = sampled_softmax_loss(user, columns, positive, self.temperature, logq=column_logq, item_ids=ids)
+        loss = sampled_softmax_loss(user, columns, positive, self.temperature, logq=column_logq, item_ids=ids,
+                                    weight=weight)
         if self.config.memory_size and self.training:
             self._remember(item.detach(), items, logq)
         return loss

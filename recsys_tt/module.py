@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
 from recsys_tt.backbone import load_model
+from recsys_tt.checkpoint_files import read_checkpoint, resolve_checkpoint
 from recsys_tt.encoder import Encoder, autocast_dtype
-from recsys_tt.loss import InBatchSoftmax, LossConfig
+from recsys_tt.loss import InBatchSoftmax, LossConfig, click_weights
 from recsys_tt.metrics import catalog_scores, exclude_seen, ranking_metrics, target_ranks
 from recsys_tt.text import trim
-from recsys_tt.towers import TowerConfig, TwoTower, is_base_weight
+from recsys_tt.towers import TowerConfig, TwoTower, is_base_weight, load_trainable, sub_state
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class TwoTowerModule(pl.LightningModule):
         eval_ks: tuple[int, ...] = (10, 20),
         item_chunk_size: int = 512,
         seed: int = 0,
+        init_checkpoint: str | None = None,
     ) -> None:
         """Two-tower model, loss and optimisation.
 
@@ -54,6 +57,9 @@ class TwoTowerModule(pl.LightningModule):
             eval_ks: cut-offs of Recall/NDCG/MRR.
             item_chunk_size: items encoded per forward pass when encoding the catalog.
             seed: with the global step and rank, seeds each step's dropout so resumed runs match.
+            init_checkpoint: start from the trained weights of this checkpoint (or run folder: its best checkpoint)
+                with a fresh optimizer and schedule, e.g. to fine-tune on logged feedback (``data.logs``). The tower
+                settings must be the checkpoint's. ``--ckpt_path`` instead resumes a run where it stopped.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -64,6 +70,10 @@ class TwoTowerModule(pl.LightningModule):
             raise ValueError(f"model.eval_ks must be positive cut-offs, got {eval_ks}.")
         self.model = TwoTower(load_model(tower.backbone, tower.backbone_dtype), tower, num_items)
         self.loss = InBatchSoftmax(loss, num_items)
+        if init_checkpoint is not None:
+            path = resolve_checkpoint(init_checkpoint)
+            self.load_trainable(read_checkpoint(path)["state_dict"], path)
+            log.info("Starting from the weights of %s", path)
         self.strict_loading = False  # checkpoints leave out the frozen backbone
         self.item_tokens: dict[str, torch.Tensor] | None = None
         self.item_text_cache: torch.Tensor | None = None  # (N, D) detached catalog text vectors, refreshed in training
@@ -71,6 +81,11 @@ class TwoTowerModule(pl.LightningModule):
         self.catalog_text: torch.Tensor | None = None  # (N, D) text vectors during evaluation
         self.autocast_dtype: torch.dtype | None = None  # outside a trainer: the precision it evaluated in
         self.catalog_vectors: torch.Tensor | None = None  # (N, D) item vectors during evaluation
+
+    def load_trainable(self, state: dict[str, torch.Tensor], source: str | Path) -> None:
+        """Loads a checkpoint's trainable weights: the towers' (``model.*``) and the loss's (``loss.*``)."""
+        load_trainable(self.model, sub_state(state, "model."), source)
+        self.loss.load_state_dict(sub_state(state, "loss."))
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -119,7 +134,8 @@ class TwoTowerModule(pl.LightningModule):
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         torch.manual_seed(hash((self.hparams.seed, self.global_step, self.global_rank)) % 2**31)
         columns = self.hparams.num_items if self.loss.config.negatives == "catalog" else len(batch["items"])
-        needs_cache = self.model.user_input.reads_item_vectors or self._reads_cache(columns)
+        needs_cache = (self.model.user_input.reads_item_vectors or self._reads_cache(columns)
+                       or "pick_probability" in batch)  # weights of logged clicks need the catalog's vectors
         stale = self.item_text_cache is None or self.global_step - self.cache_step >= self.hparams.cache_refresh_steps
         if needs_cache and stale:
             self.item_text_cache, self.cache_step = self.encoder.item_text(), self.global_step
@@ -130,10 +146,21 @@ class TwoTowerModule(pl.LightningModule):
         users = self.model.encode_users(batch, self.item_text_cache, every_position=True)
         if users.dim() == 3:  # one row per (window, position) target
             users, positive = users[positive >= 0], positive[positive >= 0]
-        loss = self.loss(users, items, positive, columns)
+        weight = self._click_weights(users, columns[positive], batch) if "pick_probability" in batch else None
+        loss = self.loss(users, items, positive, columns, weight)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(positive))
         self.log("train/temperature", self.loss.temperature, batch_size=len(positive))
         return loss
+
+    def _click_weights(self, users: torch.Tensor, clicked: torch.Tensor, batch: dict) -> torch.Tensor:
+        """(B,) off-policy weights of logged clicks: the target policy is this model's softmax over the catalog
+        (the user's history excluded, at the loss temperature), the logging policy the logged pick probability."""
+        with torch.no_grad():
+            catalog = self.model.add_item_ids(self.item_text_cache, torch.arange(self.hparams.num_items,
+                                                                                 device=users.device))
+            scores = exclude_seen(catalog_scores(users, catalog), batch["exclude"])
+            target = torch.softmax(scores / self.loss.temperature, dim=1).gather(1, clicked[:, None]).squeeze(1)
+        return click_weights(target, batch["pick_probability"], batch["slate_size"], self.loss.config)
 
     def _columns(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The softmax's item columns (M,) and each target's column: the batch's items, or the whole catalog."""

@@ -82,6 +82,23 @@ def plot_exploration(results: dict[str, dict], out: str | Path) -> Path:
     return _save(plt, fig, out)
 
 
+def plot_retraining(results: dict[str, dict], out: str | Path) -> Path:
+    """Serve -> log -> retrain loops side by side: cumulative clicks, coverage and held-out NDCG@10 by round."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for name, result in results.items():
+        rounds = range(1, len(result["clicks_per_round"]) + 1)
+        axes[0].plot(rounds, pd.Series(result["clicks_per_round"]).cumsum(), marker=".", label=name)
+        axes[1].plot(rounds, result["coverage_per_round"], marker=".", label=name)
+        ndcg = [m["ndcg@10"] for m in result["held_out_per_round"]] + [result["held_out_final"]["ndcg@10"]]
+        axes[2].plot(range(len(ndcg)), ndcg, marker=".", label=name)
+    axes[0].set(xlabel="round", ylabel="cumulative clicks per user", title="clicks")
+    axes[1].set(xlabel="round", ylabel="items shown / catalog", title="catalog coverage per round")
+    axes[2].set(xlabel="retrainings", ylabel="NDCG@10 of held-out later items", title="model quality")
+    axes[0].legend(fontsize=8)
+    return _save(plt, fig, out)
+
+
 def plot_new_users(rows: list[dict], metrics: list[str], out: str | Path) -> Path:
     """New users: each of ``metrics`` per ranker against the number of items known about the user, side by side."""
     plt = _pyplot()

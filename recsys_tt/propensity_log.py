@@ -20,7 +20,10 @@ import numpy as np
 import pandas as pd
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1  # of impression lines; lines written before it was recorded are version 1
+SCHEMA_VERSION = 2  # of impression lines; lines written before it was recorded are version 1
+# Version 2 added the user as served (user_text, history_ids), what training from logs reads; version 1 lines still
+# serve off-policy evaluation.
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -49,13 +52,16 @@ class Impression:
     seed: int
     model_version: str
     index_version: str
+    user_text: str | None = None  # the profile text the user tower read ("" for none); None in version 1 lines
+    history_ids: list[str] | None = None  # item ids the user vector was computed from, oldest first (version 2)
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
     def from_json(cls, record: dict, where: str) -> Impression:
         version = record.get("schema_version", 1)
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"{where}: impression schema version {version}; this recsys_tt reads {SCHEMA_VERSION}.")
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"{where}: impression schema version {version}; this recsys_tt reads versions "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}.")
         return _from_json(cls, record, where)
 
 
@@ -144,8 +150,8 @@ class PropensityLog:
 
 
 def _read(folder: Path, prefix: str, kind: type) -> pd.DataFrame:
-    """Every line of the folder's ``prefix-*.jsonl`` files read as a ``kind`` record, one row each (its fields as
-    columns)."""
+    """Every line of the folder's ``prefix-*.jsonl`` files read as a ``kind`` record, one row each: its fields as
+    columns, and ``source`` ("file, line N") for messages about it."""
     rows = []
     for path in sorted(folder.glob(f"{prefix}-*.jsonl")):
         with open(path, encoding="utf-8") as lines:
@@ -156,12 +162,13 @@ def _read(folder: Path, prefix: str, kind: type) -> pd.DataFrame:
                     values = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg}).") from err
-                rows.append(asdict(kind.from_json(values, f"{path}, line {number}")))
-    return pd.DataFrame(rows, columns=[f.name for f in fields(kind)])
+                where = f"{path}, line {number}"
+                rows.append({**asdict(kind.from_json(values, where)), "source": where})
+    return pd.DataFrame(rows, columns=[*(f.name for f in fields(kind)), "source"])
 
 
 def read_impressions(folder: str | Path) -> pd.DataFrame:
-    """One row per served slate (``Impression`` fields as columns), oldest file first."""
+    """One row per served slate (``Impression`` fields and ``source`` as columns), oldest file first."""
     frame = _read(Path(folder), "impressions", Impression)
     if frame.empty:
         raise ValueError(f"{folder} holds no impressions-*.jsonl; serve with --log_dir {folder} first.")
@@ -169,7 +176,7 @@ def read_impressions(folder: str | Path) -> pd.DataFrame:
 
 
 def read_feedback(folder: str | Path) -> pd.DataFrame:
-    """One row per reward (``Feedback`` fields as columns; empty when none were sent)."""
+    """One row per reward (``Feedback`` fields and ``source`` as columns; empty when none were sent)."""
     return _read(Path(folder), "feedback", Feedback)
 
 

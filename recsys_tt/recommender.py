@@ -144,6 +144,7 @@ class Recommender:
         self._user_rows, self._item_ids = export.user_rows, export.item_ids
         self._names = export.items["history_name"].astype(str).to_numpy()
         self._texts = export.items["text"].astype(str).to_numpy()
+        self._profiles = export.users["profile"].astype(str).tolist()
         meta = export.meta
         self.model_version = meta["model_version"]
         self.index_version = f"{meta['factory']}|{meta['num_items']} items|{meta['created_at']}"
@@ -247,7 +248,7 @@ class Recommender:
                 raise UnknownUserError(f"Unknown user_id {request.user_id!r}; new users are given by text and/or "
                                        "recent_item_ids.")
             history = self.export.split.history(index, "all")
-            return _User(("id", index), str(request.user_id), history, "", [])
+            return _User(("id", index), str(request.user_id), history, self._profiles[index], [])
         history, unknown = self._rows(request.recent_item_ids)
         if not len(history) and not (request.text or "").strip():
             raise BadRequestError(f"None of the recent_item_ids are in the catalog ({unknown[:5]}) and there is "
@@ -329,7 +330,8 @@ class Recommender:
             slate_rows=shown.tolist(), pick_probabilities=slate.pick_probability.tolist(),
             position_propensities=None if slate.position_propensity is None else slate.position_propensity.tolist(),
             slate_probability=slate.probability, propensity_samples=exploration.propensity_samples,
-            seed=response["seed"], model_version=self.model_version, index_version=self.index_version)
+            seed=response["seed"], model_version=self.model_version, index_version=self.index_version,
+            user_text=user.text, history_ids=self._item_ids[user.history].tolist())
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat()

@@ -15,15 +15,27 @@ those preferences; that favours exploitation, so exploration's benefit is unders
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
+from recsys_tt.batches import pad_rows
 from recsys_tt.data import read_ids
 from recsys_tt.explore import ExplorationConfig, position_marginals
 from recsys_tt.export_folder import ExportFolder
-from recsys_tt.metrics import catalog_coverage, discount, intra_list_diversity, novelty
+from recsys_tt.metrics import (
+    catalog_coverage,
+    catalog_scores,
+    discount,
+    exclude_seen,
+    intra_list_diversity,
+    novelty,
+    ranking_metrics,
+    target_ranks,
+)
 from recsys_tt.propensity_log import PropensityLog, read_impressions
 from recsys_tt.recommender import Recommender, RecommendRequest, ServingConfig
 
@@ -33,33 +45,40 @@ class SimulatedUsers:
     profiles: list[str]
     histories: list[list[int]]  # item rows, oldest first
     liked: list[set[int]]  # item rows the user would click
+    held_out: list[int] | None = None  # per user, a later item never offered to click: the model's test target
 
     @classmethod
     def from_export(cls, export: ExportFolder, start_fraction: float = 0.5, users: int | None = None,
-                    seed: int = 0, future: str | None = None) -> SimulatedUsers:
+                    seed: int = 0, future: str | None = None, hold_out_last: bool = False) -> SimulatedUsers:
         """Users with at least one starting item and one liked item; ``users`` samples that many of them.
 
         With ``future`` (a table of user_id, item_id that the export was not trained on, e.g. from
         scripts/split_by_time.py) users start with everything the export knows of them and like their future
         items. Without it they start with the first ``start_fraction`` of their known history and like the rest.
+        ``hold_out_last`` keeps each user's last future item (in file order, which split_by_time keeps in time
+        order) out of what they click, as the held-out target of ``held_out_metrics``.
         """
         if future is None and not 0 < start_fraction < 1:
             raise ValueError(f"start_fraction must be in (0, 1), got {start_fraction}.")
         later = _future_rows(export, future) if future is not None else None
-        profiles, histories, liked = [], [], []
+        profiles, histories, liked, held_out = [], [], [], []
         for index, (user_id, profile) in enumerate(zip(export.user_ids, export.users["profile"])):
             known = export.split.history(index, "all").tolist()
             start = known if later is not None else known[: int(len(known) * start_fraction)]
-            wanted = set(later.get(user_id, [])) if later is not None else set(known[len(start):])
-            wanted -= set(start)
+            wanted = list(later.get(user_id, [])) if later is not None else known[len(start):]
+            started = set(start)
+            wanted = [row for row in wanted if row not in started]
+            target = wanted.pop() if hold_out_last and wanted else -1
             if start and wanted:
                 profiles.append(profile)
                 histories.append(start)
-                liked.append(wanted)
+                liked.append(set(wanted) - {target})
+                held_out.append(target)
         chosen = np.arange(len(profiles))
         if users is not None and users < len(chosen):
             chosen = np.sort(np.random.default_rng(seed).choice(chosen, users, replace=False))
-        return cls([profiles[i] for i in chosen], [histories[i] for i in chosen], [liked[i] for i in chosen])
+        return cls([profiles[i] for i in chosen], [histories[i] for i in chosen], [liked[i] for i in chosen],
+                   [held_out[i] for i in chosen] if hold_out_last else None)
 
     def __len__(self) -> int:
         return len(self.profiles)
@@ -111,19 +130,48 @@ def serve_round(recommender: Recommender, users: SimulatedUsers, k: int, seed: i
 
 
 def run_policy(export: ExportFolder, users: SimulatedUsers, serving: ServingConfig, rounds: int, k: int,
-               seed: int = 0, log_dir: str | None = None) -> dict:
-    """Runs ``rounds`` rounds of one policy from the same starting users; returns per-round clicks and metrics."""
+               seed: int = 0, log_dir: str | None = None,
+               retrain: Callable[[int], ExportFolder] | None = None) -> dict:
+    """Runs ``rounds`` rounds of one policy from the same starting users; returns per-round clicks and metrics.
+
+    With ``retrain``, ``retrain(round)`` runs after each round (to fine-tune on the log so far) and returns the
+    export that serves the next one. Beyond-accuracy metrics use the first export's popularity and vectors, so
+    loops stay comparable. Users with held-out items add the held-out metrics of the model that served each round
+    and of the last model.
+    """
     users = copy.deepcopy(users)
-    recommender = Recommender(export, serving, log=PropensityLog(log_dir) if log_dir else None)
-    logs = [serve_round(recommender, users, k, seed + r) for r in range(rounds)]
-    if recommender.log is not None:
-        recommender.log.close()
-    shown = np.concatenate([log.shown for log in logs])
-    clicks_per_round = np.array([log.clicks.mean() for log in logs])
-    return {"clicks_per_round": clicks_per_round.tolist(), "cumulative_clicks": float(clicks_per_round.sum()),
-            "coverage": catalog_coverage(shown, len(export.items)),
-            "novelty": novelty(shown, export.item_popularity),
-            "diversity": intra_list_diversity(shown, export.vectors)}
+    popularity, vectors, catalog = export.item_popularity, export.vectors, len(export.items)
+    log = PropensityLog(log_dir) if log_dir else None
+    recommender, logs, held_out = Recommender(export, serving, log=log), [], []
+    for r in range(rounds):
+        if users.held_out is not None:
+            held_out.append(held_out_metrics(recommender.export, users))
+        logs.append(serve_round(recommender, users, k, seed + r))
+        if retrain is not None:
+            recommender = Recommender(retrain(r), serving, log=log)
+    if log is not None:
+        log.close()
+    shown = np.concatenate([round_log.shown for round_log in logs])
+    clicks_per_round = np.array([round_log.clicks.mean() for round_log in logs])
+    out = {"clicks_per_round": clicks_per_round.tolist(), "cumulative_clicks": float(clicks_per_round.sum()),
+           "coverage": catalog_coverage(shown, catalog), "novelty": novelty(shown, popularity),
+           "diversity": intra_list_diversity(shown, vectors),
+           "coverage_per_round": [catalog_coverage(round_log.shown, catalog) for round_log in logs]}
+    if users.held_out is not None:
+        out |= {"held_out_per_round": held_out, "held_out_final": held_out_metrics(recommender.export, users)}
+    return out
+
+
+def held_out_metrics(export: ExportFolder, users: SimulatedUsers, ks: tuple[int, ...] = (10,)) -> dict[str, float]:
+    """Full-ranking metrics of each user's held-out item for the user as served now (profile and history so far,
+    the history excluded from the ranking), as the leave-one-out evaluation ranks a test item."""
+    keep = [u for u, target in enumerate(users.held_out) if target >= 0]
+    histories = [np.asarray(users.histories[u], dtype=np.int64) for u in keep]
+    user_vectors = export.new_user_vectors([users.profiles[u] for u in keep], histories)
+    scores = exclude_seen(catalog_scores(torch.from_numpy(user_vectors), torch.from_numpy(export.vectors)),
+                          pad_rows(histories))
+    ranks = target_ranks(scores, torch.as_tensor([users.held_out[u] for u in keep]))
+    return {name: float(values.mean()) for name, values in ranking_metrics(ranks, ks).items()}
 
 
 def true_values(log_dir: str, liked: dict[str, set[int]], targets: dict[str, ExplorationConfig], k: int,

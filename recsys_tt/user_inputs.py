@@ -36,6 +36,10 @@ class TextUsers:
         """Each example's history and its target item (B,)."""
         return [train[u][:t] for u, t in examples], torch.as_tensor([train[u][t] for u, t in examples])
 
+    def click_targets(self, histories: Sequence[np.ndarray], columns: torch.Tensor, history_len: int) -> torch.Tensor:
+        """The target column of each logged click (B,): one per user, after their whole history."""
+        return columns
+
     def inputs(self, features: UserFeatures, profiles: list[str], prefix: dict[str, torch.Tensor],
                recent: list[np.ndarray]) -> dict[str, torch.Tensor]:
         names = features.history_names
@@ -67,6 +71,14 @@ class ItemVectorUsers:
         from_profile = torch.as_tensor([[train[u][0] if a < 0 else -1] for u, a, _ in examples])
         later = pad_rows([train[u][max(a, 0) + 1: b + 1] for u, a, b in examples])
         return histories, torch.cat([from_profile, later], 1)
+
+    def click_targets(self, histories: Sequence[np.ndarray], columns: torch.Tensor, history_len: int) -> torch.Tensor:
+        """(B, 1 + L) -1 padded, aligned with the user tower's states: each logged click is the target after the
+        last of the (at most ``history_len``) history items the tower reads."""
+        read = torch.as_tensor([min(len(h), history_len) for h in histories])
+        out = torch.full((len(histories), 1 + max(int(read.max()), 1)), -1, dtype=torch.long)
+        out[torch.arange(len(histories)), read] = columns
+        return out
 
     def inputs(self, features: UserFeatures, profiles: list[str], prefix: dict[str, torch.Tensor],
                recent: list[np.ndarray]) -> dict[str, torch.Tensor]:

@@ -18,18 +18,7 @@ import numpy as np
 from recsys_tt.cli import run
 from recsys_tt.explore import ExplorationConfig
 from recsys_tt.ope import ESTIMATORS, LoggedSlates, evaluate_target
-
-DEFAULT_TARGETS = [ExplorationConfig(temperature=0.0), ExplorationConfig(temperature=0.02),
-                   ExplorationConfig(temperature=0.05), ExplorationConfig(temperature=0.1)]
-
-
-def describe(config: ExplorationConfig) -> str:
-    """A short name of the settings that differ from a plain softmax."""
-    parts = ["greedy" if config.temperature == 0 else f"tau {config.temperature:g}"]
-    parts += [f"head {config.head}"] if config.head else []
-    parts += [f"eps {config.epsilon:g}"] if config.epsilon else []
-    parts += [f"adaptive x{config.adaptive_boost:g}"] if config.adaptive_boost else []
-    return ", ".join(parts)
+from recsys_tt.policies import OPE_TARGETS, describe
 
 
 def print_table(rows: list[dict]) -> None:
@@ -61,7 +50,7 @@ def main(log_dir: str, targets: list[ExplorationConfig] | None = None, samples: 
           f"{on_policy:.4f}")
     inverse = logged.inverse_propensities(np.random.default_rng(seed)) if reestimate_logging else None
     rows = [{"target": describe(t), "settings": asdict(t),
-             **evaluate_target(logged, t, samples, bootstrap, seed, inverse)} for t in targets or DEFAULT_TARGETS]
+             **evaluate_target(logged, t, samples, bootstrap, seed, inverse)} for t in targets or OPE_TARGETS]
     print_table(rows)
     if json_out:
         Path(json_out).write_text(json.dumps({"logging_reward_per_slate": on_policy, "targets": rows}, indent=2))

@@ -27,31 +27,22 @@ from pathlib import Path
 import numpy as np
 
 from recsys_tt.cli import run
-from recsys_tt.explore import ExplorationConfig
 from recsys_tt.export_folder import ExportFolder
 from recsys_tt.ope import LoggedSlates, evaluate_target
 from recsys_tt.plots import plot_exploration
+from recsys_tt.policies import OPE_LOGGING_POLICY, SIMULATED_POLICIES, describe, slug
 from recsys_tt.propensity_log import PropensityLog
 from recsys_tt.recommender import Recommender, ServingConfig
 from recsys_tt.simulator import SimulatedUsers, run_policy, serve_round, true_values
 
-POLICIES = {
-    "greedy": ExplorationConfig(temperature=0.0),
-    "tau 0.01": ExplorationConfig(temperature=0.01),
-    "tau 0.02": ExplorationConfig(temperature=0.02),
-    "tau 0.05": ExplorationConfig(temperature=0.05),
-    "head 3 + tau 0.05": ExplorationConfig(temperature=0.05, head=3),
-    "adaptive tau 0.01 x3": ExplorationConfig(temperature=0.01, adaptive_boost=3.0, adaptive_half_life=20.0),
-}
-LOGGING = ExplorationConfig(temperature=0.03, epsilon=0.05)
 CHECKED = ("IPS", "SNIPS", "DR")
 
 
 def _check_ope(export: ExportFolder, users: SimulatedUsers, k: int, replications: int, samples: int,
                out: Path) -> list[dict]:
-    """Logs the first round ``replications`` times with LOGGING, then estimates every policy from that log."""
+    """Logs the first round ``replications`` times with OPE_LOGGING_POLICY, then estimates every policy from it."""
     folder = out / "logs" / "ope_logging_policy"
-    serving = ServingConfig(exploration=replace(LOGGING, propensity_samples=samples))
+    serving = ServingConfig(exploration=replace(OPE_LOGGING_POLICY, propensity_samples=samples))
     recommender = Recommender(export, serving, log=PropensityLog(folder))
     liked = {}
     for replication in range(replications):
@@ -60,7 +51,8 @@ def _check_ope(export: ExportFolder, users: SimulatedUsers, k: int, replications
     recommender.log.close()
     logged, rows = LoggedSlates.from_log(folder), []
     inverse = logged.inverse_propensities(np.random.default_rng(0))
-    for name, policy in POLICIES.items():
+    for policy in SIMULATED_POLICIES:
+        name = describe(policy)
         truth = true_values(str(folder), liked, {name: policy}, k, samples=samples)[name]
         estimates = evaluate_target(logged, policy, samples=samples, bootstrap=300, inverse_logging=inverse)
         rows.append({"policy": name, "true": truth, **estimates,
@@ -94,10 +86,10 @@ def main(export: str = "exports/ml100k", future: str | None = None, rounds: int 
     start = SimulatedUsers.from_export(folder, start_fraction, users, seed, future)
     print(f"{len(start)} users, {rounds} rounds, slates of {k}", flush=True)
     results = {}
-    for name, policy in POLICIES.items():
-        began = time.perf_counter()
+    for policy in SIMULATED_POLICIES:
+        name, began = describe(policy), time.perf_counter()
         serving = ServingConfig(exploration=replace(policy, propensity_samples=propensity_samples))
-        log_dir = root / "logs" / name.replace(" ", "_").replace("+", "and")
+        log_dir = root / "logs" / slug(name)
         results[name] = run_policy(folder, start, serving, rounds, k, seed, str(log_dir))
         print(f"{name}: {results[name]['cumulative_clicks']:.3f} clicks per user "
               f"({time.perf_counter() - began:.0f}s)", flush=True)
@@ -108,13 +100,14 @@ def main(export: str = "exports/ml100k", future: str | None = None, rounds: int 
               f"{r['novelty']:>8.2f} {r['diversity']:>9.3f}")
     ope = _check_ope(folder, start, k, ope_replications, propensity_samples, root) if ope_replications else []
     if ope:
-        print(f"\nOPE from the first round logged by {LOGGING} ({ope[0]['slates']} slates); expected clicks per slate")
+        print(f"\nOPE from the first round logged by {describe(OPE_LOGGING_POLICY)} ({ope[0]['slates']} slates); "
+              "expected clicks per slate")
         print(f"{'policy':<24} {'true':>7} {'IPS':>22} {'SNIPS':>22} {'DR':>22} {'ESS min':>8}")
         for row in ope:
             cells = [f"{row[e]['value']:.4f} [{row[e]['low']:.3f},{row[e]['high']:.3f}]" for e in CHECKED]
             print(f"{row['policy']:<24} {row['true']:>7.4f} {cells[0]:>22} {cells[1]:>22} {cells[2]:>22} "
                   f"{row['ess_min']:>8.0f}")
-    (root / "results.json").write_text(json.dumps({"policies": {n: asdict(p) for n, p in POLICIES.items()},
+    (root / "results.json").write_text(json.dumps({"policies": {describe(p): asdict(p) for p in SIMULATED_POLICIES},
                                                    "simulation": results, "ope": ope}, indent=2))
     print(f"\nplot: {plot}; numbers: {root / 'results.json'}")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys_tt.batches import StepBatches, training_examples, training_windows
+from recsys_tt.batches import MixedBatches, StepBatches, training_examples, training_windows
 
 
 def test_windows_tile_every_target_once_with_the_latest_window_full():
@@ -82,3 +82,23 @@ def test_validation_samples_a_fixed_set_of_users_and_test_ranks_them_all(tiny_da
     assert len(test) == 8 and loaders(0)[0] == valid and loaders(1)[0] != valid
     with pytest.raises(ValueError, match="val_users"):
         RecDataModule("files", tiny_dataset["interactions"], tiny_dataset["items"], val_users=0)
+
+
+def test_mixed_batches_spread_one_source_over_a_share_of_steps_and_resume():
+    step = {"now": 0}
+
+    def source(offset):
+        return StepBatches(np.arange(offset, offset + 12)[:, None], lambda x: int(x[0, 0]), batch_size=1, seed=0,
+                           rank=0, world_size=1, current_step=lambda: step["now"])
+
+    mixed = MixedBatches(source(0), source(100), share=0.25, current_step=lambda: step["now"])
+    assert len(mixed) == 48  # one pass over the first source's 12 batches
+    epoch = list(mixed)
+    logged = [b for b in epoch if b < 100]
+    assert [i for i, b in enumerate(epoch) if b < 100][:3] == [3, 7, 11]  # every fourth step, evenly
+    assert sorted(logged) == list(range(12))  # each of the first source's batches once
+    assert len({b for b in epoch if b >= 100}) == 12  # the second source cycles through its own epochs
+    step["now"] = 20
+    assert list(mixed) == epoch[20:]  # a resumed run continues with the same batches
+    with pytest.raises(ValueError, match="share must be in"):
+        MixedBatches(source(0), source(100), share=1.0, current_step=lambda: 0)

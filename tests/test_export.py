@@ -241,7 +241,7 @@ def test_two_process_ddp_scoring_merges_shards_into_the_single_process_result(fl
 def test_a_run_folder_resolves_to_its_best_validation_checkpoint(trained, tmp_path):
     import shutil
 
-    from recsys_tt.checkpoints import resolve_checkpoint
+    from recsys_tt.checkpoint_files import resolve_checkpoint
 
     runs = shutil.copytree(trained[0].parents[2], tmp_path / "runs")  # the session's run stays untouched
     best = runs / trained[0].relative_to(trained[0].parents[2])  # runs/version_0/checkpoints/best-step=N.ckpt

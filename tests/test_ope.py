@@ -10,7 +10,7 @@ from recsys_tt.export_folder import ExportFolder
 from recsys_tt.ope import LoggedSlates, evaluate_target, fit_reward_model
 from recsys_tt.propensity_log import PropensityLog
 from recsys_tt.recommender import Recommender, ServingConfig
-from recsys_tt.simulator import SimulatedUsers, run_policy, serve_round, true_values
+from recsys_tt.simulator import SimulatedUsers, held_out_metrics, run_policy, serve_round, true_values
 
 LOGGING = ExplorationConfig(temperature=0.5, epsilon=0.1, propensity_samples=1000)
 TARGETS = {"greedy": ExplorationConfig(temperature=0.0), "tau 0.2": ExplorationConfig(temperature=0.2),
@@ -143,3 +143,69 @@ def test_ope_script_prints_and_writes_every_target(logged_round, tmp_path, capsy
     written = json.loads((tmp_path / "ope.json").read_text())
     assert [t["target"] for t in written["targets"]] == ["greedy", "tau 0.2"]
     assert "SNIPS" in capsys.readouterr().out
+
+
+def _future(tmp_path) -> str:
+    """Three later items per tiny user (user u watched items u..u+5 in training)."""
+    import pandas as pd
+
+    rows = [{"user_id": f"u{u}", "item_id": f"i{(u + 6 + j) % 12}"} for u in range(8) for j in range(3)]
+    pd.DataFrame(rows).to_csv(tmp_path / "future.csv", index=False)
+    return str(tmp_path / "future.csv")
+
+
+def test_held_out_items_are_never_clicked_and_rank_as_leave_one_out_does(flat_export, tmp_path):
+    export = ExportFolder.load(flat_export)
+    users = SimulatedUsers.from_export(export, future=_future(tmp_path), hold_out_last=True)
+    rows = export.item_rows
+    assert len(users) == 8 and users.held_out[0] == rows["i8"] and users.liked[0] == {rows["i6"], rows["i7"]}
+    got = held_out_metrics(export, users, ks=(3,))
+    vectors = export.new_user_vectors(users.profiles, [np.asarray(h) for h in users.histories])
+    hits, gains = [], []
+    for vector, history, target in zip(vectors, users.histories, users.held_out):
+        scores = export.vectors @ vector
+        scores[history] = -np.inf
+        rank = int((scores > scores[target]).sum())
+        hits.append(rank < 3)
+        gains.append(1 / np.log2(rank + 2) if rank < 3 else 0.0)
+    assert got["recall@3"] == pytest.approx(np.mean(hits)) and got["ndcg@3"] == pytest.approx(np.mean(gains))
+
+
+def test_a_retraining_loop_serves_each_round_with_the_export_retrain_returns(flat_export, tmp_path):
+    export = ExportFolder.load(flat_export)
+    users = SimulatedUsers.from_export(export, future=_future(tmp_path), hold_out_last=True)
+    calls = []
+
+    def retrain(round_index: int) -> ExportFolder:
+        calls.append((round_index, len(LoggedSlates.from_log(tmp_path / "log").picks)))
+        return export
+
+    result = run_policy(export, users, ServingConfig(exploration=ExplorationConfig(temperature=0.5)), rounds=2, k=3,
+                        log_dir=str(tmp_path / "log"), retrain=retrain)
+    assert calls == [(0, 8), (1, 16)]  # after each round, with every slate logged so far
+    assert len(result["held_out_per_round"]) == 2 and len(result["coverage_per_round"]) == 2
+    assert result["held_out_per_round"][0] == held_out_metrics(export, users)  # before any click: the start users
+
+
+@pytest.mark.slow  # three train.py fine-tunings in subprocesses, about 90 s
+def test_retraining_script_fine_tunes_exports_and_compares_every_loop(trained, tmp_path, capsys):
+    import json
+    import sys
+
+    sys.path.insert(0, "scripts")
+    import simulate_retraining
+
+    from recsys_tt.policies import RETRAINING_LOOPS
+
+    simulate_retraining.main(str(trained[0]), _future(tmp_path), rounds=1, k=3, steps=2, out=str(tmp_path / "loop"),
+                             train_args=["--data.batch_size", "2"])
+    written = json.loads((tmp_path / "loop" / "results.json").read_text())
+    assert list(written["simulation"]) == [loop.name for loop in RETRAINING_LOOPS]
+    for result in written["simulation"].values():
+        assert len(result["clicks_per_round"]) == 1 and "ndcg@10" in result["held_out_final"]
+    runs = sorted(p.name for p in (tmp_path / "loop" / "runs").iterdir())
+    assert len(runs) == 3 and all(name.endswith("_round1") for name in runs)
+    exported = ExportFolder.load(tmp_path / "loop" / "exports" / runs[0])
+    assert exported.meta["model_hparams"]["init_checkpoint"] == str(trained[0])
+    assert (tmp_path / "loop" / "retraining.png").stat().st_size > 1000
+    assert "NDCG@10 last" in capsys.readouterr().out

@@ -181,6 +181,6 @@ def test_sigterm_is_a_failure_that_says_where_to_resume(tmp_path, tiny_dataset, 
 def test_fast_dev_run_trains_and_tests_one_batch_without_writing_a_run(tmp_path, tiny_dataset, tiny_bert):
     args = [a for a in _args(tmp_path, tiny_dataset, tiny_bert, 3) if a != "--trainer.max_steps"]
     args.remove("3")
-    cli = main([*args, "--trainer.fast_dev_run", "true"])
+    cli = main([*args, "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path / "root")])
     assert cli.trainer.global_step == 1 and "test/ndcg@10" in cli.trainer.callback_metrics
     assert not (tmp_path / "ml100k_minilm").exists()  # Lightning's dummy logger writes nothing, curves included

@@ -1,0 +1,158 @@
+"""Training from serving logs: reading clicks as examples, the off-policy corrected objective, fine-tuning."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import train_args, write_tiny_dataset
+
+from recsys_tt.checkpoint_files import read_checkpoint
+from recsys_tt.explore import ExplorationConfig
+from recsys_tt.logged_clicks import read_logged_clicks
+from recsys_tt.loss import LossConfig, click_weights, sampled_softmax_loss
+from recsys_tt.module import TwoTowerModule
+from recsys_tt.recommender import Recommender, RecommendRequest, ServingConfig
+from recsys_tt.towers import TowerConfig, sub_state
+from train import main
+
+CLICK_RATES = np.array([0.3, 0.6, 0.3, 0.1])  # item 1 is the one users like best
+LOGGING = np.array([0.7, 0.1, 0.1, 0.1])  # but the logging policy mostly showed item 0
+
+
+def _learned_policy(correction: str, seed: int = 0) -> np.ndarray:
+    """Logs 4,000 one-item slates drawn from LOGGING with clicks at CLICK_RATES, fits a softmax policy over the four
+    items on the clicks with the given correction, and returns that policy."""
+    rng = np.random.default_rng(seed)
+    shown = rng.choice(4, size=4000, p=LOGGING)
+    clicked = shown[rng.random(4000) < CLICK_RATES[shown]]
+    positive, logging = torch.as_tensor(clicked), torch.as_tensor(LOGGING[clicked], dtype=torch.float32)
+    user = torch.ones(len(clicked), 4) / 2
+    items = torch.nn.Parameter(torch.zeros(4, 4))
+    config = LossConfig(log_correction=correction)
+    optimizer = torch.optim.Adam([items], lr=0.05)
+    for _ in range(300):
+        policy = torch.softmax(user[:1] @ items.T, dim=1)[0].detach()
+        weight = click_weights(policy[positive], logging, torch.ones_like(positive), config)
+        loss = sampled_softmax_loss(user, items, positive, torch.tensor(1.0), weight=weight)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return torch.softmax(user[:1] @ items.T, dim=1)[0].detach().numpy()
+
+
+def test_corrected_objective_recovers_the_best_item_where_the_uncorrected_one_learns_the_logging_policy():
+    uncorrected = _learned_policy("none")
+    # without correction the policy is fitted to clicks as logged, P(shown) x P(click): 0.21, 0.06, 0.03, 0.01
+    assert uncorrected.argmax() == 0
+    expected = LOGGING * CLICK_RATES / (LOGGING * CLICK_RATES).sum()
+    assert np.abs(uncorrected - expected).max() < 0.05
+    for correction in ("ips", "topk"):  # with one-item slates the top-K correction is plain IPS
+        corrected = _learned_policy(correction)
+        assert corrected.argmax() == 1 and corrected[1] > 0.6, (correction, corrected)
+
+
+def test_click_weights_follow_the_top_k_formula_scaled_to_mean_one_and_capped():
+    target, logging, k = torch.tensor([0.1, 0.2, 0.01]), torch.tensor([0.5, 0.1, 0.5]), torch.tensor([3, 3, 2])
+    raw = [p / b * n * (1 - p) ** (n - 1) for p, b, n in zip([0.1, 0.2, 0.01], [0.5, 0.1, 0.5], [3, 3, 2])]
+    expected = [w / (sum(raw) / 3) for w in raw]
+    got = click_weights(target, logging, k, LossConfig(log_correction="topk", log_weight_cap=100.0))
+    assert got.tolist() == pytest.approx(expected, rel=1e-5)
+    capped = click_weights(target, logging, k, LossConfig(log_correction="topk", log_weight_cap=1.5))
+    assert capped.tolist() == pytest.approx([min(w, 1.5) for w in expected], rel=1e-5)
+    ips = click_weights(target, logging, k, LossConfig(log_correction="ips", log_weight_cap=100.0))
+    assert ips.tolist() == pytest.approx([r / (sum([0.2, 2.0, 0.02]) / 3) for r in [0.2, 2.0, 0.02]], rel=1e-5)
+    assert click_weights(target, logging, k, LossConfig(log_correction="none")).tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="log_weight_cap must be positive"):
+        LossConfig(log_weight_cap=0)
+
+
+def _serve_and_click(export, folder) -> list[dict]:
+    """Serves a known and a new user from ``export`` into a log at ``folder`` and clicks each slate's second item."""
+    recommender = Recommender.load(export, ServingConfig(exploration=ExplorationConfig(temperature=0.5)),
+                                   log_dir=folder)
+    responses = [recommender.recommend(RecommendRequest(user_id="u1", k=3, seed=1)),
+                 recommender.recommend(RecommendRequest(text="A 30 year old writer.", recent_item_ids=["i1", "i2"],
+                                                        k=3, seed=2))]
+    for response in responses:
+        recommender.feedback(response["request_id"], response["items"][1]["item_id"], 1.0)
+    recommender.log.close()
+    return responses
+
+
+def test_logged_clicks_hold_the_user_as_served_and_the_pick_probability(flat_export, tmp_path):
+    known, new = _serve_and_click(flat_export, tmp_path / "log")
+    recommender = Recommender.load(flat_export)
+    rows = recommender.export.item_rows
+    clicks = read_logged_clicks(tmp_path / "log", rows)
+    assert len(clicks) == 2 and clicks.slate_size.tolist() == [3, 3]
+    assert clicks.items.tolist() == [rows[r["items"][1]["item_id"]] for r in (known, new)]
+    assert clicks.pick_probability.tolist() == pytest.approx([r["items"][1]["pick_probability"] for r in (known, new)])
+    u1 = recommender.export.user_rows["u1"]
+    assert clicks.histories[0].tolist() == recommender.export.split.history(u1, "all").tolist()
+    assert clicks.profiles[0] == recommender.export.users["profile"][u1]
+    assert clicks.histories[1].tolist() == [rows["i1"], rows["i2"]] and clicks.profiles[1] == "A 30 year old writer."
+
+
+def test_log_lines_that_cannot_be_trained_on_are_reported_with_file_and_line(flat_export, tmp_path):
+    _serve_and_click(flat_export, tmp_path / "log")
+    impressions = next((tmp_path / "log").glob("impressions-*.jsonl"))
+    feedback = next((tmp_path / "log").glob("feedback-*.jsonl"))
+    lines = [json.loads(line) for line in impressions.read_text().splitlines()]
+    old = {k: v for k, v in lines[0].items() if k not in ("user_text", "history_ids", "schema_version")}
+    lines[1]["history_ids"] = ["not-an-item"]
+    impressions.write_text("".join(json.dumps(line) + "\n" for line in (old, lines[1])))
+    with feedback.open("a") as out:
+        out.write(json.dumps({"request_id": "never-served", "item_id": "i1", "reward": 1.0, "time": "t"}) + "\n")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "log").iterdir()}
+    with pytest.raises(ValueError) as error:
+        read_logged_clicks(tmp_path / "log", Recommender.load(flat_export).export.item_rows)
+    message = str(error.value)
+    assert message.startswith("3 log lines cannot be trained on")
+    assert f"{impressions}, line 1: logged before impression schema version 2" in message
+    assert f"{impressions}, line 2: item 'not-an-item' is not in the training catalog" in message
+    assert f"{feedback}, line 3: request_id 'never-served' has no impression" in message
+    assert {p.name: p.read_bytes() for p in (tmp_path / "log").iterdir()} == before  # the log is never modified
+
+
+def test_a_model_starts_from_the_weights_of_init_checkpoint(trained, tiny_bert):
+    checkpoint = read_checkpoint(trained[0])
+    hp = checkpoint["hyper_parameters"]
+    module = TwoTowerModule(hp["num_items"], TowerConfig(**hp["tower"]), init_checkpoint=str(trained[0]))
+    trained_weights = sub_state(checkpoint["state_dict"], "model.")
+    for name, value in module.model.state_dict().items():
+        if name in trained_weights:
+            assert torch.equal(value, trained_weights[name]), name
+    assert any("lora_" in name and value.abs().sum() > 0 for name, value in trained_weights.items())
+
+
+@pytest.mark.parametrize("correction, share", [("topk", "1.0"), ("none", "0.5")])
+def test_fine_tuning_on_logged_clicks_from_a_checkpoint(trained, flat_export, tiny_bert, tmp_path, correction, share):
+    _serve_and_click(flat_export, tmp_path / "log")
+    paths = write_tiny_dataset(tmp_path / "data")  # the data the checkpoint was trained on
+    cli = main(train_args(tmp_path, paths, tiny_bert, 2, "--model.init_checkpoint", str(trained[0]),
+                          "--data.logs", str(tmp_path / "log"), "--data.logs_share", share,
+                          "--model.loss.log_correction", correction, "--model.eval_ks", "[3,5]",
+                          "--best_checkpoint.monitor", "val/ndcg@5", "--data.batch_size", "2"))
+    losses = pd.read_csv(tmp_path / "ml100k_minilm" / "version_0" / "metrics.csv")["train/loss"].dropna()
+    assert len(losses) == 2 and losses.map(math.isfinite).all() and cli.trainer.global_step == 2
+    counts = cli.datamodule.item_counts
+    assert counts.sum() == sum(len(t) for t in cli.datamodule.split.train) + 2  # the two logged clicks count too
+
+
+def test_logs_share_outside_zero_to_one_is_refused(tiny_dataset, tiny_bert, tmp_path):
+    with pytest.raises(ValueError, match=r"data.logs_share must be in \(0, 1\], got 0.0"):
+        main(train_args(tmp_path, tiny_dataset, tiny_bert, 2, "--data.logs", str(tmp_path), "--data.logs_share", "0"))
+
+
+def test_weighted_loss_is_the_weighted_mean_of_row_losses():
+    user, item = F.normalize(torch.randn(3, 4), dim=-1), F.normalize(torch.randn(5, 4), dim=-1)
+    positive, weight = torch.tensor([0, 2, 4]), torch.tensor([1.0, 0.0, 3.0])
+    rows = F.cross_entropy(user @ item.T / 0.1, positive, reduction="none")
+    got = sampled_softmax_loss(user, item, positive, torch.tensor(0.1), weight=weight)
+    assert got.item() == pytest.approx(float((rows * weight).sum() / 4), rel=1e-5)
