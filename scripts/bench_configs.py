@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py sits at the repository root
 
 from recsys_tt.cli import run  # noqa: E402
@@ -51,7 +53,7 @@ def main(runs: dict[str, list[str]] | None = None, steps: int = 100, warmup: int
     """
     context = multiprocessing.get_context("spawn")
     rows = []
-    for name, args in (runs or DEFAULT_RUNS).items():
+    for name, args in tqdm((runs or DEFAULT_RUNS).items(), desc="configs", unit="run"):
         queue = context.Queue()
         process = context.Process(target=_run, args=(args, steps, warmup, queue))
         process.start()

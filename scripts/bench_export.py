@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from recsys_tt.cli import log_to_console, run
 
 _LOAD = """
@@ -52,7 +54,7 @@ def main(checkpoint: str, out: str = "/tmp/recsys_tt_bench_export", repeats: int
     export_model(checkpoint, folder)
     exported = time.perf_counter() - started
     loads, firsts = [], []
-    for _ in range(repeats):
+    for _ in tqdm(range(repeats), desc="timed loads", unit="load"):
         line = subprocess.run([sys.executable, "-c", _LOAD, str(folder)], check=True, capture_output=True,
                               text=True).stdout.split()
         loads.append(float(line[0]))

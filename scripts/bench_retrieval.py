@@ -18,6 +18,7 @@ import time
 
 import faiss
 import numpy as np
+from tqdm.auto import tqdm
 
 from recsys_tt.cli import run
 from recsys_tt.index import build_index, exact_top_k
@@ -32,7 +33,7 @@ def _latencies(paths: dict, queries: np.ndarray, rounds: int = 4) -> dict[str, n
     """Per-query milliseconds of each path; paths take turns in blocks, in alternating order, so that drift of
     the machine and caches warmed by the previous path do not favour one of them."""
     out = {name: [] for name in paths}
-    for turn in range(rounds):
+    for turn in tqdm(range(rounds), desc="latency rounds", unit="round", leave=False):
         for name in list(paths)[:: 1 if turn % 2 == 0 else -1]:
             for q in queries:
                 started = time.perf_counter()

@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import uvicorn
+from tqdm.auto import tqdm
 
 from recsys_tt.cli import run
 from recsys_tt.export_folder import ExportFolder
@@ -126,7 +127,7 @@ def main(export: str = "exports/ml100k", items: int = 100_000, factory: str = "H
     }
     _load(url, ({"user_id": u, "k": k} for u in itertools.cycle(order[:200])), 200, seconds, concurrency)  # warm
     rows = []
-    for name, payloads in phases.items():
+    for name, payloads in tqdm(phases.items(), desc="load phases", unit="phase"):
         if name == "known users, uncached":
             recommender.cache = type(recommender.cache)(recommender.config.cache_size)
         rows.append({"phase": name} | _load(url, payloads, requests, seconds, concurrency))

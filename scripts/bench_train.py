@@ -22,6 +22,7 @@ import time
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from tqdm.auto import tqdm
 
 from recsys_tt.cli import run
 from recsys_tt.step_timer import StepTimer
@@ -40,7 +41,7 @@ def _data(user_input: str, batch_size: int):
 
 
 def _time_steps(step, steps: int, warmup: int) -> float:
-    for i in range(warmup + steps):
+    for i in tqdm(range(warmup + steps), desc="steps", unit="step", leave=False):
         if i == warmup:
             started = time.perf_counter()
         step(i)
@@ -116,7 +117,7 @@ def main(batch_size: int = 64, steps: int = 20, warmup: int = 3) -> None:
     """
     context = multiprocessing.get_context("spawn")
     rows = []
-    for mode in MODES:
+    for mode in tqdm(MODES, desc="user inputs", unit="mode"):
         queue = context.Queue()
         process = context.Process(target=_run, args=(mode, batch_size, steps, warmup, queue))
         process.start()
