@@ -139,8 +139,10 @@ class Recommender:
         self.cache = _Lru(self.config.cache_size)  # user vectors
         self._served = _Lru(self.config.feedback_window)  # request id -> the item ids its slate showed
         self._encode_lock = threading.Lock()  # one forward pass at a time; torch uses all cores for each
-        self._pending: dict[Hashable, Future] = {}  # users being encoded now -> their vector when done
+        self._pending: dict[Hashable, Future] = {}  # users queued or being encoded -> their vector when done
+        self._queued: list[_User] = []  # cache misses waiting for the next batch
         self._pending_lock = threading.Lock()
+        self._batch_lock = threading.Lock()  # one batch of misses at a time; the next collects while it runs
         self._user_rows, self._item_ids = export.user_rows, export.item_ids
         self._names = export.items["history_name"].astype(str).to_numpy()
         self._texts = export.items["text"].astype(str).to_numpy()
@@ -257,28 +259,39 @@ class Recommender:
         return _User(("new", text, tuple(history.tolist())), None, history, text, unknown)
 
     def _vector(self, user: _User) -> np.ndarray:
-        """The cached vector, else one encode per user: concurrent misses for the same user wait for the first."""
+        """The cached vector, else an encode: misses that arrive while another batch encodes are encoded together in
+        the next batch (one forward pass for many users), and concurrent misses for one user share one encode."""
         vector = self.cache.get(user.cache_key)
         if vector is not None:
             return vector
         with self._pending_lock:
             pending = self._pending.get(user.cache_key)
-            first = pending is None
-            if first:
+            if pending is None:
                 pending = self._pending[user.cache_key] = Future()
-        if not first:
-            return pending.result()
-        try:
-            vector = self._encode([user])[0]
-            self.cache.put(user.cache_key, vector)
-            pending.set_result(vector)
-            return vector
-        except BaseException as error:
-            pending.set_exception(error)
-            raise
-        finally:
+                self._queued.append(user)
+        self._encode_queued()
+        return pending.result()
+
+    def _encode_queued(self) -> None:
+        """Encodes every queued miss in one batch; a caller whose miss an earlier batch took finds the queue empty.
+        Each waiting caller gets its own vector or the batch's error from its future."""
+        with self._batch_lock:
             with self._pending_lock:
-                del self._pending[user.cache_key]
+                users, self._queued = self._queued, []
+            if not users:
+                return
+            try:
+                vectors, error = self._encode(users), None
+            except Exception as failure:  # noqa: BLE001 (handed to every request of the batch)
+                vectors, error = None, failure
+            with self._pending_lock:
+                for i, user in enumerate(users):
+                    future = self._pending.pop(user.cache_key)
+                    if error is not None:
+                        future.set_exception(error)
+                    else:
+                        self.cache.put(user.cache_key, vectors[i])
+                        future.set_result(vectors[i])
 
     def _encode(self, users: list[_User], batch_size: int = 256) -> list[np.ndarray]:
         """User vectors in the order given: dataset users with all their history, new users from text + items."""

@@ -329,3 +329,39 @@ def test_the_openapi_document_matches_what_the_server_sends(recommender):
     assert "404" in spec["paths"]["/feedback"]["post"]["responses"]
     assert list(spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == [metrics.headers["content-type"]]
     assert metrics.headers["content-type"].startswith("text/plain")
+
+
+def test_concurrent_misses_for_different_users_are_encoded_in_shared_batches(flat_export):
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    plain = Recommender.load(flat_export, EXPLORING)
+    encode, batches, lock = plain._encode, [], threading.Lock()
+
+    def slow_encode(users, *args):
+        with lock:
+            batches.append(len(users))
+        time.sleep(0.3)  # the other requests arrive while the first batch encodes
+        return encode(users, *args)
+
+    plain._encode = slow_encode
+    users = [f"u{u}" for u in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        slates = list(pool.map(lambda u: plain.recommend(RecommendRequest(user_id=u, k=2, temperature=0.0)), users))
+    assert sum(batches) == 8 and len(batches) < 8  # every user encoded once, most of them together
+    expected = Recommender.load(flat_export, EXPLORING)
+    for user, slate in zip(users, slates):
+        alone = expected.recommend(RecommendRequest(user_id=user, k=2, temperature=0.0))
+        assert [i["item_id"] for i in slate["items"]] == [i["item_id"] for i in alone["items"]]
+    assert not plain._pending and not plain._queued
+
+
+def test_a_failed_batch_encode_fails_its_requests_and_not_the_next(flat_export):
+    plain = Recommender.load(flat_export, EXPLORING)
+    encode = plain._encode
+    plain._encode = lambda users, *args: (_ for _ in ()).throw(RuntimeError("backbone out of memory"))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        plain.recommend(RecommendRequest(user_id="u1", k=2))
+    plain._encode = encode
+    assert len(plain.recommend(RecommendRequest(user_id="u1", k=2))["items"]) == 2  # nothing stuck pending
