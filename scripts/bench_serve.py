@@ -7,17 +7,21 @@ The export's real towers encode the users; its catalog is grown to ``--items`` b
 item vectors (so scores look like real ones) under a fresh index. Each phase sends at most ``--requests``
 requests or runs ``--seconds``, whichever ends first, from ``--concurrency`` client threads on the same
 machine: uncached known users (first request each), cached known users, and new users by text (always encoded).
-The full path runs: user vector -> FAISS top-N -> exact rescoring -> MMR -> exploration with propensities.
+The full path runs: user vector -> FAISS top-N -> exact rescoring -> MMR -> exploration with propensities -> one
+line in a propensity log (in a temporary folder; the count of its lines is checked against the requests answered).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -29,6 +33,7 @@ from recsys_tt.cli import run
 from recsys_tt.export_folder import ExportFolder
 from recsys_tt.http_api import create_app
 from recsys_tt.index import build_index
+from recsys_tt.propensity_log import PropensityLog, read_impressions
 from recsys_tt.recommender import Recommender, ServingConfig
 
 
@@ -107,7 +112,8 @@ def main(export: str = "exports/ml100k", items: int = 100_000, factory: str = "H
     """
     base = ExportFolder.load(export)
     served = grow_catalog(base, items, factory, search_params)
-    recommender = Recommender(served, ServingConfig())
+    log_dir = Path(tempfile.mkdtemp(prefix="bench_serve_log_"))
+    recommender = Recommender(served, ServingConfig(), log=PropensityLog(log_dir))
     users = served.users["user_id"].astype(str).tolist()
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(recommender), host="127.0.0.1", port=port, log_level="error"))
@@ -125,7 +131,7 @@ def main(export: str = "exports/ml100k", items: int = 100_000, factory: str = "H
         "known users, cached": ({"user_id": u, "k": k} for u in itertools.cycle(order[:200])),
         "new users by text (encoded)": [{"text": p, "k": k} for p in rng.permutation(profiles)],
     }
-    _load(url, ({"user_id": u, "k": k} for u in itertools.cycle(order[:200])), 200, seconds, concurrency)  # warm
+    warm = _load(url, ({"user_id": u, "k": k} for u in itertools.cycle(order[:200])), 200, seconds, concurrency)
     rows = []
     for name, payloads in tqdm(phases.items(), desc="load phases", unit="phase"):
         if name == "known users, uncached":
@@ -133,12 +139,16 @@ def main(export: str = "exports/ml100k", items: int = 100_000, factory: str = "H
         rows.append({"phase": name} | _load(url, payloads, requests, seconds, concurrency))
     server.should_exit = True
     thread.join()
+    recommender.log.close()
+    logged, answered = len(read_impressions(log_dir)), warm["requests"] + sum(row["requests"] for row in rows)
+    shutil.rmtree(log_dir)
     print(f"catalog {len(served.vectors):,} items, {factory} ({search_params}), k={k}, concurrency {concurrency}, "
           f"candidates {recommender.config.candidates}, exploration {recommender.config.exploration}")
     print(f"{'phase':<30} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7}")
     for row in rows:
         print(f"{row['phase']:<30} {row['requests']:>8} {row['errors']:>6} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} "
               f"{row['req_per_s']:>7.1f}")
+    print(f"propensity log: {logged} impressions for {answered} answered requests (warm-up included)")
 
 
 if __name__ == "__main__":

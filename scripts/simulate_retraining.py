@@ -81,7 +81,7 @@ def print_table(results: dict[str, dict]) -> None:
 
 def main(checkpoint: str, future: str, rounds: int = 5, k: int = 10, steps: int = 60, logs_share: float = 0.5,
          users: int | None = None, seed: int = 0, out: str = "runs/retraining",
-         train_args: list[str] | None = None) -> None:
+         train_args: list[str] | None = None, loops: list[str] | None = None) -> None:
     """Run every retraining loop for ``rounds`` rounds from the same model and users.
 
     Args:
@@ -94,8 +94,12 @@ def main(checkpoint: str, future: str, rounds: int = 5, k: int = 10, steps: int 
         users: simulate this many sampled users (default: all with a start, a liked and a held-out item).
         seed: seeds users, slates and clicks.
         out: output folder (its logs, runs and exports are replaced).
-        train_args: further train.py overrides for every fine-tuning, e.g. '["--model.lr", "0.001"]'.
+        train_args: further train.py overrides for every fine-tuning, e.g. '["--model.loss.log_weight_cap", "3"]'.
+        loops: run only the loops of these names (default: every loop of RETRAINING_LOOPS).
     """
+    chosen = [loop for loop in RETRAINING_LOOPS if loops is None or loop.name in loops]
+    if loops is not None and len(chosen) != len(loops):
+        raise ValueError(f"loops must be names of {[loop.name for loop in RETRAINING_LOOPS]}, got {loops}.")
     logging.basicConfig(level=logging.WARNING)
     root = Path(out)
     for part in ("logs", "runs", "exports"):  # an earlier run's logs would mix with this run's
@@ -108,7 +112,7 @@ def main(checkpoint: str, future: str, rounds: int = 5, k: int = 10, steps: int 
     start = SimulatedUsers.from_export(start_export, users=users, seed=seed, future=future, hold_out_last=True)
     print(f"{len(start)} users, {rounds} rounds, slates of {k}, {steps} fine-tuning steps per round", flush=True)
     results = {}
-    for loop in RETRAINING_LOOPS:
+    for loop in chosen:
         began, log_dir = time.perf_counter(), root / "logs" / slug(loop.name)
         serving = ServingConfig(exploration=replace(loop.serving, propensity_samples=0))  # picks are logged exactly
         retrain = Retrainer(loop, start_export, base, config, log_dir, root, steps, logs_share, train_args or [])
@@ -119,7 +123,7 @@ def main(checkpoint: str, future: str, rounds: int = 5, k: int = 10, steps: int 
     plot = plot_retraining(results, root / "retraining.png")
     (root / "results.json").write_text(json.dumps(
         {"loops": {loop.name: {"serving": asdict(loop.serving), "correction": loop.correction}
-                   for loop in RETRAINING_LOOPS},
+                   for loop in chosen},
          "settings": {"rounds": rounds, "k": k, "steps": steps, "logs_share": logs_share, "users": len(start)},
          "simulation": results}, indent=2))
     print(f"\nplot: {plot}; numbers: {root / 'results.json'}")
