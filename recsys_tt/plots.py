@@ -96,6 +96,8 @@ def plot_retraining(results: dict[str, dict], out: str | Path) -> Path:
     axes[1].set(xlabel="round", ylabel="items shown / catalog", title="catalog coverage per round")
     axes[2].set(xlabel="retrainings", ylabel="NDCG@10 of held-out later items", title="model quality")
     axes[0].legend(fontsize=8)
+    for ax in axes:
+        ax.xaxis.get_major_locator().set_params(integer=True)
     return _save(plt, fig, out)
 
 
