@@ -140,9 +140,9 @@ class Recommender:
         self._served = _Lru(self.config.feedback_window)  # request id -> the item ids its slate showed
         self._encode_lock = threading.Lock()  # one forward pass at a time; torch uses all cores for each
         self._pending: dict[Hashable, Future] = {}  # users queued or being encoded -> their vector when done
-        self._queued: list[_User] = []  # cache misses waiting for the next batch
-        self._pending_lock = threading.Lock()
-        self._batch_lock = threading.Lock()  # one batch of misses at a time; the next collects while it runs
+        self._queued: list[_User] = []  # cache misses waiting for the encoder thread's next batch
+        self._misses = threading.Condition()  # guards both, and wakes the encoder thread
+        self._encoder: threading.Thread | None = None  # started on the first miss
         self._user_rows, self._item_ids = export.user_rows, export.item_ids
         self._names = export.items["history_name"].astype(str).to_numpy()
         self._texts = export.items["text"].astype(str).to_numpy()
@@ -259,32 +259,35 @@ class Recommender:
         return _User(("new", text, tuple(history.tolist())), None, history, text, unknown)
 
     def _vector(self, user: _User) -> np.ndarray:
-        """The cached vector, else an encode: misses that arrive while another batch encodes are encoded together in
-        the next batch (one forward pass for many users), and concurrent misses for one user share one encode."""
+        """The cached vector, else the encoder thread's: misses that arrive while it encodes a batch go together into
+        its next batch (one forward pass for many users), and concurrent misses for one user share one encode."""
         vector = self.cache.get(user.cache_key)
         if vector is not None:
             return vector
-        with self._pending_lock:
+        with self._misses:
             pending = self._pending.get(user.cache_key)
             if pending is None:
                 pending = self._pending[user.cache_key] = Future()
                 self._queued.append(user)
-        self._encode_queued()
+                self._misses.notify()
+            if self._encoder is None:
+                self._encoder = threading.Thread(target=self._encode_misses, daemon=True, name="user-encoder")
+                self._encoder.start()
         return pending.result()
 
-    def _encode_queued(self) -> None:
-        """Encodes every queued miss in one batch; a caller whose miss an earlier batch took finds the queue empty.
-        Each waiting caller gets its own vector or the batch's error from its future."""
-        with self._batch_lock:
-            with self._pending_lock:
+    def _encode_misses(self) -> None:
+        """The encoder thread: encodes every queued miss in one batch, again and again; each waiting request gets its
+        vector, or the batch's error, from its future."""
+        while True:
+            with self._misses:
+                while not self._queued:
+                    self._misses.wait()
                 users, self._queued = self._queued, []
-            if not users:
-                return
             try:
                 vectors, error = self._encode(users), None
             except Exception as failure:  # noqa: BLE001 (handed to every request of the batch)
                 vectors, error = None, failure
-            with self._pending_lock:
+            with self._misses:
                 for i, user in enumerate(users):
                     future = self._pending.pop(user.cache_key)
                     if error is not None:
