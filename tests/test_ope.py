@@ -187,8 +187,8 @@ def test_a_retraining_loop_serves_each_round_with_the_export_retrain_returns(fla
     assert result["held_out_per_round"][0] == held_out_metrics(export, users)  # before any click: the start users
 
 
-@pytest.mark.slow  # three train.py fine-tunings in subprocesses, about 90 s
-def test_retraining_script_fine_tunes_exports_and_compares_every_loop(trained, tmp_path, capsys):
+@pytest.mark.slow  # a train.py fine-tuning in a subprocess, about 35 s
+def test_retraining_script_fine_tunes_exports_and_reports_a_loop(trained, tmp_path, capsys):
     import json
     import sys
 
@@ -197,15 +197,19 @@ def test_retraining_script_fine_tunes_exports_and_compares_every_loop(trained, t
 
     from recsys_tt.policies import RETRAINING_LOOPS
 
+    corrected = next(loop.name for loop in RETRAINING_LOOPS if loop.correction == "topk")
     simulate_retraining.main(str(trained[0]), _future(tmp_path), rounds=1, k=3, steps=2, out=str(tmp_path / "loop"),
-                             train_args=["--data.batch_size", "2"])
+                             train_args=["--data.batch_size", "2"], loops=[corrected])
     written = json.loads((tmp_path / "loop" / "results.json").read_text())
-    assert list(written["simulation"]) == [loop.name for loop in RETRAINING_LOOPS]
-    for result in written["simulation"].values():
-        assert len(result["clicks_per_round"]) == 1 and "ndcg@10" in result["held_out_final"]
-    runs = sorted(p.name for p in (tmp_path / "loop" / "runs").iterdir())
-    assert len(runs) == 3 and all(name.endswith("_round1") for name in runs)
+    assert list(written["simulation"]) == [corrected] and written["loops"][corrected]["correction"] == "topk"
+    result = written["simulation"][corrected]
+    assert len(result["clicks_per_round"]) == 1 and "ndcg@10" in result["held_out_final"]
+    runs = [p.name for p in (tmp_path / "loop" / "runs").iterdir()]
+    assert runs == ["tau_0.02_topk_corrected_retraining_round1"]
     exported = ExportFolder.load(tmp_path / "loop" / "exports" / runs[0])
     assert exported.meta["model_hparams"]["init_checkpoint"] == str(trained[0])
+    assert exported.meta["model_hparams"]["loss"]["log_correction"] == "topk"
     assert (tmp_path / "loop" / "retraining.png").stat().st_size > 1000
     assert "NDCG@10 last" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="loops must be names of"):
+        simulate_retraining.main(str(trained[0]), _future(tmp_path), loops=["no such loop"])
