@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 
 from recsys_tt.recommender import (
+    MAX_SEED,
     BadRequestError,
     Recommender,
     RecommendRequest,
@@ -43,7 +44,8 @@ class ErrorBody(BaseModel):
     detail: str
 
 
-_ERRORS = {413: {"model": ErrorBody, "description": "The body is larger than serving.max_body_bytes."},
+_ERRORS = {400: {"model": ErrorBody, "description": "The body is not valid JSON."},
+           413: {"model": ErrorBody, "description": "The body is larger than serving.max_body_bytes."},
            422: {"model": ErrorBody, "description": "The body is malformed or asks for what cannot be served."}}
 
 
@@ -90,7 +92,7 @@ class RecommendBody(BaseModel):
     k: Integer = Field(10, description="Slate size.")
     temperature: Number | None = Field(None, allow_inf_nan=False, description="Overrides the exploration "
                                        "temperature; 0 = greedy.")
-    seed: Integer | None = Field(None, ge=0, lt=2**63, description="Reproduces a slate exactly.")
+    seed: Integer | None = Field(None, ge=0, lt=MAX_SEED, description="Reproduces a slate exactly.")
     exclude: list[Text] = Field(default_factory=list, description="Item ids never to show.")
 
 

@@ -27,6 +27,8 @@ from recsys_tt.propensity_log import Feedback, Impression, PropensityLog
 from recsys_tt.rerank import CandidateScorer, exact_scores, mmr
 from recsys_tt.retrieval import search_excluding
 
+MAX_SEED = 2**53  # seeds are below it: integers a JSON client (JavaScript's numbers) keeps exactly
+
 
 class UnknownUserError(KeyError):
     """A user id the export does not hold."""
@@ -172,7 +174,7 @@ class Recommender:
         rows, scores = self._candidates(vector, excluded, request.k)
         exploration = self.config.exploration
         temperature = exploration.user_temperature(len(user.history), request.temperature)
-        seed = request.seed if request.seed is not None else secrets.randbits(63)
+        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED)
         slate = explore(scores, request.k, exploration, temperature, np.random.default_rng(seed))
         shown = rows[slate.picks]
         response = {

@@ -331,6 +331,21 @@ def test_the_openapi_document_matches_what_the_server_sends(recommender):
     assert metrics.headers["content-type"].startswith("text/plain")
 
 
+def test_unparseable_bodies_and_seeds_answer_as_the_openapi_document_says(recommender):
+    with TestClient(create_app(recommender)) as client:
+        spec = client.get("/openapi.json").json()
+        garbled = client.post("/feedback", content=b".\xffP\x10", headers={"content-type": "application/json"})
+        too_big = client.post("/recommend", json={"user_id": "u1", "seed": 2**53})
+        largest = client.post("/recommend", json={"user_id": "u1", "seed": 2**53 - 1})
+        unseeded = client.post("/recommend", json={"user_id": "u1"})
+    assert garbled.status_code == 400 and "400" in spec["paths"]["/feedback"]["post"]["responses"]
+    assert "400" in spec["paths"]["/recommend"]["post"]["responses"]
+    seed = spec["components"]["schemas"]["RecommendBody"]["properties"]["seed"]["anyOf"][0]
+    assert seed["exclusiveMaximum"] == 2**53 and float(2**53) == 2**53  # exact even when read as a float
+    assert too_big.status_code == 422 and largest.status_code == 200
+    assert 0 <= unseeded.json()["seed"] < 2**53  # a served seed can always be sent back
+
+
 def test_concurrent_misses_for_different_users_are_encoded_in_shared_batches(flat_export):
     import threading
     import time
