@@ -77,4 +77,3 @@ def _example(click, shown, item_rows: dict[str, int], problems: list[str]) -> tu
     history = np.asarray([item_rows[i] for i in shown.history_ids], dtype=np.int64)
     return (shown.user_text or "", history, item_rows[click.item_id], shown.pick_probabilities[position],
             len(shown.slate))
-
