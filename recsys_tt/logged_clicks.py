@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from recsys_tt.propensity_log import read_feedback, read_impressions
+from recsys_tt.propensity_log import latest_feedback, read_impressions
 
 _SHOWN = 5  # problems quoted in the error
 
@@ -37,14 +38,19 @@ class LoggedClicks:
         return np.bincount(self.items, minlength=num_items)
 
 
+def read_clicks(folder: str | Path) -> pd.DataFrame:
+    """The feedback rows of a log folder that are clicks: the last reward of an item of a slate, when above 0."""
+    feedback = latest_feedback(folder)
+    return feedback[feedback["reward"] > 0]
+
+
 def read_logged_clicks(folder: str | Path, item_rows: dict[str, int]) -> LoggedClicks:
     """The clicks of a log folder as examples over the catalog ``item_rows`` (item id -> row)."""
     impressions, problems = read_impressions(folder), []
     old = impressions["history_ids"].isna()
     problems += [f"{where}: logged before impression schema version 2, without the user as served"
                  for where in impressions.loc[old, "source"]]
-    clicks = read_feedback(folder).drop_duplicates(["request_id", "item_id"], keep="last")
-    clicks = clicks[clicks["reward"] > 0]
+    clicks = read_clicks(folder)
     unknown = ~clicks["request_id"].isin(impressions["request_id"])
     problems += [f"{where}: request_id {request!r} has no impression in {folder}"
                  for where, request in clicks.loc[unknown, ["source", "request_id"]].itertuples(index=False)]

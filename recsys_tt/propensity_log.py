@@ -180,9 +180,14 @@ def read_feedback(folder: str | Path) -> pd.DataFrame:
     return _read(Path(folder), "feedback", Feedback)
 
 
+def latest_feedback(folder: str | Path) -> pd.DataFrame:
+    """The last reward sent for each (request, item): a client may correct a reward by sending it again."""
+    return read_feedback(folder).drop_duplicates(["request_id", "item_id"], keep="last")
+
+
 def slate_positions(folder: str | Path, impressions: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (slate, position), slate by slate in log order, with its reward (0 unless feedback said
-    otherwise; the last reward wins). ``impressions`` saves reading them again when the caller has them."""
+    otherwise; ``latest_feedback``). ``impressions`` saves reading them again when the caller has them."""
     impressions = read_impressions(folder) if impressions is None else impressions
     rows = impressions[["request_id", "slate_rows", "slate", "pick_probabilities", "position_propensities",
                         "slate_probability"]].copy()
@@ -193,7 +198,7 @@ def slate_positions(folder: str | Path, impressions: pd.DataFrame | None = None)
     rows = rows.explode(["slate_rows", "slate", "pick_probabilities", "position_propensities", "position",
                          "pscore_cascade"], ignore_index=True)
     rows = rows.rename(columns={"slate": "item_id", "slate_rows": "action"})
-    feedback = read_feedback(folder).drop_duplicates(["request_id", "item_id"], keep="last")
+    feedback = latest_feedback(folder)
     rows = rows.merge(feedback[["request_id", "item_id", "reward"]], on=["request_id", "item_id"], how="left")
     rows["reward"] = rows["reward"].fillna(0.0).astype(float)
     return rows

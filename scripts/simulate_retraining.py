@@ -27,9 +27,9 @@ from recsys_tt.checkpoint_files import resolve_checkpoint
 from recsys_tt.cli import run
 from recsys_tt.export import export_model
 from recsys_tt.export_folder import ExportFolder
+from recsys_tt.logged_clicks import read_clicks
 from recsys_tt.plots import plot_retraining
 from recsys_tt.policies import RETRAINING_LOOPS, RetrainingLoop, slug
-from recsys_tt.propensity_log import read_feedback
 from recsys_tt.recommender import ServingConfig
 from recsys_tt.simulator import SimulatedUsers, run_policy
 
@@ -56,7 +56,7 @@ class Retrainer:
 
     def __call__(self, round_index: int) -> ExportFolder:
         name = f"{slug(self.loop.name)}_round{round_index + 1}"
-        if not (read_feedback(self.log_dir)["reward"] > 0).any():
+        if read_clicks(self.log_dir).empty:
             print(f"  {name}: no clicks logged yet, so the model stays as it is", flush=True)
             return self.export
         began = time.perf_counter()
