@@ -25,6 +25,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return best[0]
 
 
+def run_folder(checkpoint: str | Path) -> Path:
+    """The train.py run a checkpoint file belongs to (``runs/NAME/version_N``: config.yaml, metrics.csv)."""
+    return Path(checkpoint).resolve().parent.parent
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """A train.py checkpoint's contents, read without unpickling code; refuses other files with what to pass."""
     path = Path(path)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys_tt.checkpoint_files import resolve_checkpoint
+from recsys_tt.checkpoint_files import resolve_checkpoint, run_folder
 from recsys_tt.checkpoints import load_checkpoint, pick_device
 from recsys_tt.datamodule import RecDataModule
 from recsys_tt.encoder import dtype_name
@@ -104,7 +104,7 @@ def _write(folder: Path, index, text, vectors, items, users) -> None:
 def run_test_metrics(checkpoint: Path) -> dict[str, float] | None:
     """The test metrics train.py logged for the run a checkpoint belongs to (runs/NAME/version_N/metrics.csv),
     or None when the run logged none there."""
-    path = Path(checkpoint).resolve().parent.parent / "metrics.csv"
+    path = run_folder(checkpoint) / "metrics.csv"
     if not path.exists():
         return None
     frame = pd.read_csv(path)

@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from recsys_tt.checkpoint_files import resolve_checkpoint
+from recsys_tt.checkpoint_files import resolve_checkpoint, run_folder
 from recsys_tt.cli import run
 from recsys_tt.export import export_model
 from recsys_tt.export_folder import ExportFolder
@@ -105,7 +105,7 @@ def main(checkpoint: str, future: str, rounds: int = 5, k: int = 10, steps: int 
     for part in ("logs", "runs", "exports"):  # an earlier run's logs would mix with this run's
         shutil.rmtree(root / part, ignore_errors=True)
     base = resolve_checkpoint(checkpoint)
-    config = base.parent.parent / "config.yaml"
+    config = run_folder(base) / "config.yaml"
     if not config.is_file():
         raise FileNotFoundError(f"{config} is missing: pass a checkpoint of a train.py run (it saves config.yaml).")
     start_export = ExportFolder.load(export_model(base, root / "exports" / "start", report_users=100))
