@@ -1,7 +1,11 @@
-"""The HTTP API (FastAPI) over a Recommender: /recommend, /feedback, /health, /metrics, OpenAPI docs at /docs."""
+"""The HTTP API (FastAPI) over a Recommender: /recommend, /feedback, /health, /metrics, OpenAPI docs at /docs.
 
-from __future__ import annotations
+The OpenAPI document states every limit a well-formed request must keep (from the server's ServingConfig and
+catalog), so a request that fits the document is answered 200, or 404 when an id it names is not held here, or 409
+when the server's state cannot answer it (no log, an item the slate did not show).
+"""
 
+# No `from __future__ import annotations`: FastAPI reads the body types of the endpoints, which are built per server.
 import time
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -12,13 +16,15 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 
+from recsys_tt.explore import MIN_TEMPERATURE
 from recsys_tt.recommender import (
     MAX_SEED,
     BadRequestError,
+    ConflictError,
+    NotFoundError,
     Recommender,
     RecommendRequest,
-    UnknownRequestError,
-    UnknownUserError,
+    ServingConfig,
 )
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -82,25 +88,49 @@ class _BodyLimit:
         return f"The request body is over {self.limit} bytes (serving.max_body_bytes)."
 
 
-class RecommendBody(BaseModel):
-    """A known user by ``user_id``, or a new user by ``text`` and/or ``recent_item_ids`` (oldest first)."""
-
-    model_config = ConfigDict(extra="forbid")
-    user_id: Text | None = Field(None, max_length=256, coerce_numbers_to_str=True)
-    text: Text | None = None
-    recent_item_ids: list[Text] = Field(default_factory=list)
-    k: Integer = Field(10, description="Slate size.")
-    temperature: Number | None = Field(None, allow_inf_nan=False, description="Overrides the exploration "
-                                       "temperature; 0 = greedy.")
-    seed: Integer | None = Field(None, ge=0, lt=MAX_SEED, description="Reproduces a slate exactly.")
-    exclude: list[Text] = Field(default_factory=list, description="Item ids never to show.")
+def _user_rule() -> dict:
+    """JSON schema of "a known user by user_id, or a new user by a non-blank text and/or recent items"."""
+    known = {"required": ["user_id"], "properties": {"user_id": {"type": "string"}, "text": {"type": "null"},
+                                                      "recent_item_ids": {"maxItems": 0}}}
+    described = [{"required": ["text"], "properties": {"text": {"type": "string", "pattern": r"\S"}}},
+                 {"required": ["recent_item_ids"], "properties": {"recent_item_ids": {"minItems": 1}}}]
+    return {"anyOf": [known, {"properties": {"user_id": {"type": "null"}}, "anyOf": described}]}
 
 
-class FeedbackBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    request_id: Text = Field(max_length=64)
-    item_id: Text = Field(max_length=256, coerce_numbers_to_str=True)
-    reward: Number = Field(1.0, allow_inf_nan=False)
+def request_bodies(config: ServingConfig, catalog_size: int) -> tuple[type[BaseModel], type[BaseModel]]:
+    """The /recommend and /feedback bodies, their documents stating this server's limits.
+
+    The limits are documented here and checked by the Recommender (one check for the HTTP and the Python API).
+    """
+
+    largest_k = min(config.max_k, catalog_size)
+
+    class RecommendBody(BaseModel):
+        """A known user by ``user_id``, or a new user by ``text`` and/or ``recent_item_ids`` (oldest first)."""
+
+        model_config = ConfigDict(extra="forbid", json_schema_extra=_user_rule())
+        user_id: Text | None = Field(None, max_length=256, coerce_numbers_to_str=True)
+        text: Text | None = Field(None, json_schema_extra={"maxLength": config.max_text_chars})
+        recent_item_ids: list[Text] = Field(default_factory=list,
+                                            json_schema_extra={"maxItems": config.max_recent_items})
+        k: Integer = Field(min(10, largest_k), description="Slate size.",
+                           json_schema_extra={"minimum": 1, "maximum": largest_k})
+        temperature: Number | None = Field(None, allow_inf_nan=False, description="Overrides the exploration "
+                                           "temperature; 0 = greedy.", json_schema_extra={"anyOf": [
+                                               {"type": "number", "const": 0},
+                                               {"type": "number", "minimum": MIN_TEMPERATURE}, {"type": "null"}]})
+        seed: Integer | None = Field(None, ge=0, lt=MAX_SEED, description="Reproduces a slate exactly.")
+        exclude: list[Text] = Field(default_factory=list, description="Item ids never to show.",
+                                    json_schema_extra={"maxItems": config.max_exclude})
+
+    class FeedbackBody(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        request_id: Text = Field(max_length=64)
+        item_id: Text = Field(max_length=256, coerce_numbers_to_str=True)
+        reward: Number = Field(1.0, allow_inf_nan=False, json_schema_extra={
+            "minimum": -config.max_abs_reward, "maximum": config.max_abs_reward})
+
+    return RecommendBody, FeedbackBody
 
 
 class _Metrics:
@@ -145,7 +175,7 @@ def create_app(recommender: Recommender) -> FastAPI:
 
     @app.exception_handler(BadRequestError)
     async def bad_request(request: Request, err: BadRequestError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": str(err)})
+        return JSONResponse(status_code=409 if isinstance(err, ConflictError) else 422, content={"detail": str(err)})
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -153,19 +183,24 @@ def create_app(recommender: Recommender) -> FastAPI:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}" for e in err.errors())
         return JSONResponse(status_code=422, content={"detail": problems})
 
-    @app.exception_handler(UnknownUserError)
-    @app.exception_handler(UnknownRequestError)
-    async def unknown(request: Request, err: KeyError) -> JSONResponse:
+    @app.exception_handler(NotFoundError)
+    async def unknown(request: Request, err: NotFoundError) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": err.args[0]})
 
-    @app.post("/recommend", responses={**_ERRORS, 404: {"model": ErrorBody, "description": "Unknown user_id."}})
-    def recommend(body: RecommendBody) -> dict:
+    recommend_body, feedback_body = request_bodies(recommender.config, len(recommender.export.items))
+
+    @app.post("/recommend", responses={**_ERRORS, 404: {"model": ErrorBody, "description": "Unknown user_id, or "
+                                                       "none of a new user's recent_item_ids (without text) known."},
+                                       409: {"model": ErrorBody, "description": "Every item is excluded."}})
+    def recommend(body: recommend_body) -> dict:
         """A slate of ``k`` items with scores, propensities and explanations; logged when a log folder is set."""
         return recommender.recommend(RecommendRequest(**body.model_dump()))
 
     @app.post("/feedback", responses={**_ERRORS, 404: {"model": ErrorBody, "description": "A request_id this "
-                                                       "server did not serve, or too long ago to remember."}})
-    def feedback(body: FeedbackBody) -> dict:
+                                                       "server did not serve, or too long ago to remember."},
+                                      409: {"model": ErrorBody, "description": "The server keeps no log, or the "
+                                            "item was not in that slate."}})
+    def feedback(body: feedback_body) -> dict:
         """Attaches a reward (e.g. 1 = click) to an item of a served slate."""
         recommender.feedback(body.request_id, body.item_id, body.reward)
         return {"status": "recorded"}

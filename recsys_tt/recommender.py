@@ -30,16 +30,29 @@ from recsys_tt.retrieval import search_excluding
 MAX_SEED = 2**53  # seeds are below it: integers a JSON client (JavaScript's numbers) keeps exactly
 
 
-class UnknownUserError(KeyError):
+class NotFoundError(KeyError):
+    """A request naming ids this recommender does not hold (HTTP 404)."""
+
+
+class UnknownUserError(NotFoundError):
     """A user id the export does not hold."""
 
 
-class BadRequestError(ValueError):
-    """A request the recommender cannot serve as asked (the message says what to change)."""
+class UnknownItemsError(NotFoundError):
+    """A new user given only by recent items, none of which the catalog holds."""
 
 
-class UnknownRequestError(KeyError):
+class UnknownRequestError(NotFoundError):
     """Feedback for a request id this recommender did not serve (or served too long ago to remember)."""
+
+
+class BadRequestError(ValueError):
+    """A request the recommender cannot serve as asked (the message says what to change; HTTP 422)."""
+
+
+class ConflictError(BadRequestError):
+    """A well-formed request that what the recommender holds cannot answer (HTTP 409): feedback without a log or
+    for an item the slate did not show, or a request that excludes every item."""
 
 
 @dataclass(frozen=True)
@@ -207,7 +220,7 @@ class Recommender:
     def feedback(self, request_id: str, item_id: str, reward: float) -> None:
         """Attaches a reward (e.g. 1 for a click) to an item of a logged slate."""
         if self.log is None:
-            raise BadRequestError("This recommender keeps no propensity log; start it with a log folder.")
+            raise ConflictError("This recommender keeps no propensity log; start it with a log folder.")
         limit = self.config.max_abs_reward
         if not (math.isfinite(reward) and abs(reward) <= limit):
             raise BadRequestError(f"reward must be a finite number in [-{limit:g}, {limit:g}], got {reward}.")
@@ -216,7 +229,7 @@ class Recommender:
             raise UnknownRequestError(f"request_id {request_id!r} was not served by this recommender (or is older "
                                       f"than its last {self.config.feedback_window} slates).")
         if str(item_id) not in shown:
-            raise BadRequestError(f"item_id {item_id!r} was not in the slate of request {request_id!r}.")
+            raise ConflictError(f"item_id {item_id!r} was not in the slate of request {request_id!r}.")
         self.log.log_feedback(Feedback(request_id, str(item_id), float(reward), _now()))
 
     # ----- steps ----------------------------------------------------------------------------------------
@@ -255,8 +268,8 @@ class Recommender:
             return _User(("id", index), str(request.user_id), history, self._profiles[index], [])
         history, unknown = self._rows(request.recent_item_ids)
         if not len(history) and not (request.text or "").strip():
-            raise BadRequestError(f"None of the recent_item_ids are in the catalog ({unknown[:5]}) and there is "
-                                  "no text.")
+            raise UnknownItemsError(f"None of the recent_item_ids are in the catalog ({unknown[:5]}) and there is "
+                                    "no text.")
         text = request.text or ""
         return _User(("new", text, tuple(history.tolist())), None, history, text, unknown)
 
@@ -321,7 +334,7 @@ class Recommender:
         rows, _ = search_excluding(self.export.index, vector[None, :], depth, [excluded])
         rows = rows[0][rows[0] >= 0]
         if not len(rows):
-            raise BadRequestError("Every item is excluded for this user; nothing is left to recommend.")
+            raise ConflictError("Every item is excluded for this user; nothing is left to recommend.")
         scores = exact_scores(vector, self.export.vectors, rows)
         if self.scorer is not None:
             scores = np.asarray(self.scorer(vector, rows, scores), dtype=np.float64)

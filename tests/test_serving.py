@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from conftest import undocumented_options
 from fastapi.testclient import TestClient
+from jsonschema import Draft202012Validator
 
-from recsys_tt.explore import ExplorationConfig
+from recsys_tt.explore import MIN_TEMPERATURE, ExplorationConfig
 from recsys_tt.export_folder import ExportFolder
 from recsys_tt.http_api import create_app
 from recsys_tt.propensity_log import (
@@ -21,7 +23,13 @@ from recsys_tt.propensity_log import (
     read_feedback,
     read_impressions,
 )
-from recsys_tt.recommender import Recommender, RecommendRequest, ServingConfig, UnknownUserError
+from recsys_tt.recommender import (
+    Recommender,
+    RecommendRequest,
+    ServingConfig,
+    UnknownItemsError,
+    UnknownUserError,
+)
 from recsys_tt.retrieval import search_excluding
 
 EXPLORING = ServingConfig(exploration=ExplorationConfig(temperature=0.5, propensity_samples=200))
@@ -127,13 +135,14 @@ def test_a_pluggable_scorer_reorders_candidates(flat_export):
     ({"user_id": "u0", "temperature": -0.1}, "temperature"), ({"user_id": "u0", "temperature": 1e-300}, "temperature"),
     ({"text": "x" * 6000}, "characters"),
     ({}, "give a user_id"), ({"user_id": "u0", "text": "hi"}, "not both"),
-    ({"recent_item_ids": ["nope"]}, "None of the recent_item_ids"),
 ])
 def test_bad_requests_are_refused_with_the_reason(recommender, request_fields, message):
     with pytest.raises(ValueError, match=message):
         recommender.recommend(RecommendRequest(**request_fields))
     with pytest.raises(UnknownUserError, match="nobody"):
         recommender.recommend(RecommendRequest(user_id="nobody"))
+    with pytest.raises(UnknownItemsError, match="None of the recent_item_ids"):
+        recommender.recommend(RecommendRequest(recent_item_ids=["nope"]))
 
 
 def test_http_api_serves_logs_and_takes_feedback(recommender, tmp_path):
@@ -304,7 +313,7 @@ def test_feedback_must_name_a_served_slate_and_a_bounded_reward(recommender):
         huge = post(request_id=served["request_id"], item_id=shown, reward=1e308)
         boolean = post(request_id=served["request_id"], item_id=shown, reward=True)
     assert never.status_code == 404 and "was not served" in never.json()["detail"]
-    assert elsewhere.status_code == 422 and "was not in the slate" in elsewhere.json()["detail"]
+    assert elsewhere.status_code == 409 and "was not in the slate" in elsewhere.json()["detail"]
     assert huge.status_code == 422 and "[-1e+06, 1e+06]" in huge.json()["detail"]
     assert boolean.status_code == 422
     assert read_feedback(recommender.log.folder)["reward"].tolist() == [2.5]  # only the valid one was logged
@@ -329,6 +338,46 @@ def test_the_openapi_document_matches_what_the_server_sends(recommender):
     assert "404" in spec["paths"]["/feedback"]["post"]["responses"]
     assert list(spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == [metrics.headers["content-type"]]
     assert metrics.headers["content-type"].startswith("text/plain")
+
+
+LIMITED = replace(EXPLORING, max_k=5, max_text_chars=20, max_recent_items=3, max_exclude=4, max_abs_reward=10.0)
+RECOMMEND_BODIES = [
+    {"user_id": "u1"}, {"user_id": "u1", "k": 5}, {"user_id": "u1", "k": 6}, {"user_id": "u1", "k": 0},
+    {"text": "x" * 20}, {"text": "x" * 21}, {"text": " \t "}, {"text": " a "}, {}, {"user_id": None, "text": "hi"},
+    {"user_id": "u1", "text": "hi"}, {"user_id": "u1", "text": None}, {"user_id": "u1", "recent_item_ids": []},
+    {"user_id": "u1", "recent_item_ids": ["i1"]}, {"recent_item_ids": ["i1", "i2", "i3"]},
+    {"recent_item_ids": ["i1", "i2", "i3", "i4"]}, {"text": " ", "recent_item_ids": ["i1"]},
+    {"recent_item_ids": ["nope"]}, {"user_id": "nobody"}, {"user_id": "u1", "exclude": ["i1"] * 4},
+    {"user_id": "u1", "exclude": ["i1"] * 5}, {"user_id": "u1", "temperature": 0},
+    {"user_id": "u1", "temperature": MIN_TEMPERATURE}, {"user_id": "u1", "temperature": MIN_TEMPERATURE / 2},
+    {"user_id": "u1", "temperature": -0.1},
+]
+
+
+def test_a_request_is_accepted_exactly_when_it_fits_the_openapi_document(flat_export, tmp_path):
+    """What schemathesis's positive_data_acceptance and negative_data_rejection check: a body the document allows
+    is answered 200 (or 404/409 for ids or state the document cannot know), and any other body 422."""
+    recommender = Recommender.load(flat_export, LIMITED, log_dir=tmp_path / "log")
+    with TestClient(create_app(recommender)) as client:
+        schemas = client.get("/openapi.json").json()["components"]["schemas"]
+
+        def check(path: str, schema: str, body: dict, expected_when_valid: int = 200) -> None:
+            valid = Draft202012Validator(schemas[schema]).is_valid(body)
+            status = client.post(path, json=body).status_code
+            assert status == (expected_when_valid if valid else 422), (body, valid, status)
+
+        for body in RECOMMEND_BODIES:
+            check("/recommend", "RecommendBody", body, 404 if body.get("user_id") == "nobody" or
+                  body.get("recent_item_ids") == ["nope"] else 200)
+        served = client.post("/recommend", json={"user_id": "u1", "k": 2}).json()
+        shown, request_id = served["items"][0]["item_id"], served["request_id"]
+        unshown = next(i for i in recommender.export.item_ids if i not in {x["item_id"] for x in served["items"]})
+        for reward in (10.0, -10.0, 10.5, -1e9):
+            check("/feedback", "FeedbackBody", {"request_id": request_id, "item_id": shown, "reward": reward})
+        check("/feedback", "FeedbackBody", {"request_id": request_id, "item_id": unshown}, 409)
+        check("/feedback", "FeedbackBody", {"request_id": "f" * 32, "item_id": shown}, 404)
+    assert Draft202012Validator(schemas["RecommendBody"]).is_valid({"user_id": "u1", "k": 5})  # the checks ran
+    assert not Draft202012Validator(schemas["RecommendBody"]).is_valid({"user_id": "u1", "k": 6})
 
 
 def test_unparseable_bodies_and_seeds_answer_as_the_openapi_document_says(recommender):
