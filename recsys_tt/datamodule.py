@@ -193,6 +193,7 @@ class RecDataModule(pl.LightningDataModule):
                 "items": unique, "positive": self._mode.click_targets(histories, column, self.hparams.history_len),
                 "exclude": pad_rows(histories),
                 "pick_probability": torch.as_tensor(clicks.pick_probability[rows], dtype=torch.float32),
+                "above": pad_rows([clicks.above[i] for i in rows]),
                 "slate_size": torch.as_tensor(clicks.slate_size[rows])}
 
     def eval_batch(self, users: list[int], stage: str) -> dict[str, torch.Tensor]:

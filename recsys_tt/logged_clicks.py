@@ -3,9 +3,9 @@
 A propensity log folder (``serve.py --log_dir``, or the simulator's) holds impression and feedback lines. Every
 reward > 0 on an item of a logged slate is a click; it becomes one example: the user's text and the history
 their vector was computed from when the slate was served, the clicked item, the logging policy's probability of
-the pick that showed it, and the slate's size. The log is only read. Lines that cannot become examples (from
-before schema version 2, items outside the training catalog, feedback for requests the log does not hold) are
-refused together, each with its file and line.
+the pick that showed it, the items shown above it (the picks before it) and the slate's size. The log is only
+read. Lines that cannot become examples (from before schema version 2, items outside the training catalog,
+feedback for requests the log does not hold) are refused together, each with its file and line.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class LoggedClicks:
     histories: list[np.ndarray]  # catalog rows the user vector was computed from, oldest first
     items: np.ndarray  # (E,) catalog row of the clicked item
     pick_probability: np.ndarray  # (E,) logging policy's P(that pick | the picks before it)
+    above: list[np.ndarray]  # catalog rows shown above the clicked item: the picks before it
     slate_size: np.ndarray  # (E,) items in the slate
 
     def __len__(self) -> int:
@@ -65,14 +66,15 @@ def read_logged_clicks(folder: str | Path, item_rows: dict[str, int]) -> LoggedC
                          (f"\n  ... and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""))
     if not examples:
         raise ValueError(f"{folder} holds no clicks (feedback with reward > 0) to train on.")
-    profiles, histories, items, picks, sizes = zip(*examples)
+    profiles, histories, items, picks, above, sizes = zip(*examples)
     return LoggedClicks(list(profiles), list(histories), np.asarray(items, dtype=np.int64),
-                        np.asarray(picks, dtype=np.float64), np.asarray(sizes, dtype=np.int64))
+                        np.asarray(picks, dtype=np.float64), list(above), np.asarray(sizes, dtype=np.int64))
 
 
 def _example(click, shown, item_rows: dict[str, int], problems: list[str]) -> tuple | None:
-    """(profile, history rows, clicked row, pick probability, slate size), or None with the problem noted."""
-    missing = [i for i in [*shown.history_ids, click.item_id] if i not in item_rows]
+    """(profile, history rows, clicked row, pick probability, rows above, slate size), or None with the problem
+    noted."""
+    missing = [i for i in [*shown.history_ids, *shown.slate, click.item_id] if i not in item_rows]
     if missing:
         problems.append(f"{shown.source}: item {missing[0]!r} is not in the training catalog")
         return None
@@ -80,6 +82,7 @@ def _example(click, shown, item_rows: dict[str, int], problems: list[str]) -> tu
         problems.append(f"{click.source}: item {click.item_id!r} was not in the slate of request {click.request_id!r}")
         return None
     position = shown.slate.index(click.item_id)
-    history = np.asarray([item_rows[i] for i in shown.history_ids], dtype=np.int64)
-    return (shown.user_text or "", history, item_rows[click.item_id], shown.pick_probabilities[position],
+    history, above = (np.asarray([item_rows[i] for i in ids], dtype=np.int64)
+                      for ids in (shown.history_ids, shown.slate[:position]))
+    return (shown.user_text or "", history, item_rows[click.item_id], shown.pick_probabilities[position], above,
             len(shown.slate))

@@ -51,24 +51,33 @@ def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, positive: torch
     return (F.cross_entropy(logits, positive, reduction="none") * weight).sum() / weight.sum().clamp(min=1e-12)
 
 
-def click_weights(target: torch.Tensor, logging: torch.Tensor, slate_size: torch.Tensor,
+def click_weights(target: torch.Tensor, target_above: torch.Tensor, logging: torch.Tensor, slate_size: torch.Tensor,
                   config: LossConfig) -> torch.Tensor:
     """(B,) weights of logged clicks for the off-policy corrected objective (``config.log_correction``).
 
-    ``target`` is the model's probability of the clicked item (pi), ``logging`` the logging policy's probability of
-    the pick that showed it (beta), ``slate_size`` K. "ips" weighs pi / beta; "topk" multiplies by
-    K (1 - pi)^(K - 1), the gradient of pi's chance to be among K draws (Chen et al. 2019, "Top-K Off-Policy
-    Correction for a REINFORCE Recommender System"); "none" weighs every click 1. Weights are scaled to a batch
-    mean of 1 (pi over a whole catalog is small, and the scale would only act as a learning rate) and then capped
-    at ``config.log_weight_cap``, which bounds the variance a few rare picks can add.
+    ``target`` is the target policy's probability of the clicked item in one draw (pi), ``target_above`` its
+    probability of the items shown above it (the earlier picks of the slate), ``logging`` the logging policy's
+    probability of the pick that showed the item given those earlier picks (beta), ``slate_size`` K. The ratio
+    compares like with like: pi / (1 - target_above), the target's probability of the same pick after the same
+    earlier picks, over beta. "ips" weighs that ratio; "topk" multiplies it by K (1 - pi)^(K - 1), the gradient
+    of pi's chance to be among K draws (Chen et al. 2019, "Top-K Off-Policy Correction for a REINFORCE
+    Recommender System"); "none" weighs every click 1. Weights are scaled to a batch mean of 1 (pi over a whole
+    catalog is small, and the scale would only act as a learning rate) and then capped at
+    ``config.log_weight_cap``, which bounds the variance a few rare picks can add.
     """
     if config.log_correction == "none":
         return torch.ones_like(target)
-    weight = target.double() / logging.double().clamp(min=1e-12)
+    pick = target.double() / (1 - target_above.double()).clamp(min=1e-12)
+    weight = pick / logging.double().clamp(min=1e-12)
     if config.log_correction == "topk":
         weight = weight * slate_size * (1 - target.double()) ** (slate_size - 1)
     weight = weight / weight.mean().clamp(min=1e-300)
     return weight.clamp(max=config.log_weight_cap).float()
+
+
+def effective_sample_share(weight: torch.Tensor) -> torch.Tensor:
+    """(sum w)^2 / (n sum w^2): the share of a weighted batch that an unweighted batch of equal variance would hold."""
+    return weight.sum() ** 2 / (len(weight) * (weight**2).sum()).clamp(min=1e-12)
 
 
 def gather_items(item: torch.Tensor, positive: torch.Tensor, items: torch.Tensor):
@@ -128,6 +137,9 @@ class LossConfig:
     off-policy correction, plain importance weights, or not at all (which learns the logging policy back)."""
     log_weight_cap: float = 10.0
     """Largest weight of one logged click (weights average 1 in a batch before the cap)."""
+    log_target_temperature: float = 0.05
+    """The target policy of the correction: the model's softmax over the catalog at this temperature, i.e. how the
+    retrained model will serve. Set it to the serving exploration temperature (serving.exploration.temperature)."""
     memory_size: int = 0
     """Cross-batch memory: the item vectors of recent batches (detached) join the negatives, up to this many
     columns, each with the logQ of the batch it came from; 0 turns it off. The memory is not checkpointed: a
@@ -137,6 +149,9 @@ class LossConfig:
         if not 0 < self.min_temperature <= self.temperature <= self.max_temperature:
             raise ValueError("Need 0 < min_temperature <= temperature <= max_temperature; got "
                              f"{self.min_temperature}, {self.temperature}, {self.max_temperature}.")
+        if not self.log_target_temperature > 0:
+            raise ValueError("log_target_temperature must be positive (the serving temperature of the retrained model; "
+                             f"a greedy target has no probabilities to weigh by), got {self.log_target_temperature}.")
         if self.log_weight_cap <= 0:
             raise ValueError(f"log_weight_cap must be positive, got {self.log_weight_cap}.")
         if self.memory_size < 0:

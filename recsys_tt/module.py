@@ -12,7 +12,7 @@ import torch
 from recsys_tt.backbone import load_model
 from recsys_tt.checkpoint_files import read_checkpoint, resolve_checkpoint
 from recsys_tt.encoder import Encoder, autocast_dtype
-from recsys_tt.loss import InBatchSoftmax, LossConfig, click_weights
+from recsys_tt.loss import InBatchSoftmax, LossConfig, click_weights, effective_sample_share
 from recsys_tt.metrics import catalog_scores, exclude_seen, ranking_metrics, target_ranks
 from recsys_tt.text import trim
 from recsys_tt.towers import TowerConfig, TwoTower, is_base_weight, load_trainable, sub_state
@@ -153,14 +153,20 @@ class TwoTowerModule(pl.LightningModule):
         return loss
 
     def _click_weights(self, users: torch.Tensor, clicked: torch.Tensor, batch: dict) -> torch.Tensor:
-        """(B,) off-policy weights of logged clicks: the target policy is this model's softmax over the catalog
-        (the user's history excluded, at the loss temperature), the logging policy the logged pick probability."""
+        """(B,) off-policy weights of logged clicks: the target policy is this model serving, its softmax over the
+        catalog (the user's history excluded) at ``loss.log_target_temperature``; the logging policy is the logged
+        pick probability."""
         with torch.no_grad():
             catalog = self.model.add_item_ids(self.item_text_cache, torch.arange(self.hparams.num_items,
                                                                                  device=users.device))
             scores = exclude_seen(catalog_scores(users, catalog), batch["exclude"])
-            target = torch.softmax(scores / self.loss.temperature, dim=1).gather(1, clicked[:, None]).squeeze(1)
-        return click_weights(target, batch["pick_probability"], batch["slate_size"], self.loss.config)
+            policy = torch.softmax(scores / self.loss.config.log_target_temperature, dim=1)  # (B, N)
+            above = batch["above"]  # (B, K - 1) rows shown above each click, -1 padded
+            mass_above = (policy.gather(1, above.clamp(min=0)) * (above >= 0)).sum(1)
+            weight = click_weights(policy.gather(1, clicked[:, None]).squeeze(1), mass_above,
+                                   batch["pick_probability"], batch["slate_size"], self.loss.config)
+        self.log("train/click_weight_ess", effective_sample_share(weight), batch_size=len(weight))
+        return weight
 
     def _columns(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The softmax's item columns (M,) and each target's column: the batch's items, or the whole catalog."""

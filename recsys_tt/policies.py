@@ -47,10 +47,23 @@ def slug(name: str) -> str:
 
 @dataclass(frozen=True)
 class RetrainingLoop:
-    """Serve with ``serving``, then fine-tune on the logged clicks with ``correction`` (model.loss.log_correction)."""
+    """Serve with ``serving``, then fine-tune on the logged clicks with ``correction`` (model.loss.log_correction),
+    towards the same serving policy as the target."""
 
     serving: ExplorationConfig
     correction: Literal["topk", "ips", "none"]
+
+    def __post_init__(self) -> None:
+        if self.correction != "none" and self.serving.temperature == 0:
+            raise ValueError("A corrected loop needs a serving temperature > 0: its target policy is the model's "
+                             "softmax at that temperature.")
+
+    def train_args(self) -> list[str]:
+        """The train.py overrides of this loop's fine-tuning objective."""
+        objective = ["--model.loss.log_correction", self.correction]
+        if self.correction == "none":
+            return objective
+        return [*objective, "--model.loss.log_target_temperature", str(self.serving.temperature)]
 
     @property
     def name(self) -> str:

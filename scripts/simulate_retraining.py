@@ -47,7 +47,7 @@ class Retrainer:
     def command(self, name: str) -> list[str]:
         return [sys.executable, str(TRAIN), "fit", "--config", str(self.config),
                 "--model.init_checkpoint", str(self.checkpoint), "--data.logs", str(self.log_dir),
-                "--data.logs_share", str(self.logs_share), "--model.loss.log_correction", self.loop.correction,
+                "--data.logs_share", str(self.logs_share), *self.loop.train_args(),
                 "--trainer.max_steps", str(self.steps), "--model.warmup_steps", str(max(self.steps // 10, 1)),
                 "--trainer.limit_val_batches", "0", "--test_after_fit", "false",
                 "--best_checkpoint.monitor", "null", "--best_checkpoint.save_last", "true",

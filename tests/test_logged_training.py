@@ -15,7 +15,7 @@ from conftest import train_args, write_tiny_dataset
 from recsys_tt.checkpoint_files import read_checkpoint
 from recsys_tt.explore import ExplorationConfig
 from recsys_tt.logged_clicks import read_logged_clicks
-from recsys_tt.loss import LossConfig, click_weights, sampled_softmax_loss
+from recsys_tt.loss import LossConfig, click_weights, effective_sample_share, sampled_softmax_loss
 from recsys_tt.module import TwoTowerModule
 from recsys_tt.recommender import Recommender, RecommendRequest, ServingConfig
 from recsys_tt.towers import TowerConfig, sub_state
@@ -38,7 +38,7 @@ def _learned_policy(correction: str, seed: int = 0) -> np.ndarray:
     optimizer = torch.optim.Adam([items], lr=0.05)
     for _ in range(300):
         policy = torch.softmax(user[:1] @ items.T, dim=1)[0].detach()
-        weight = click_weights(policy[positive], logging, torch.ones_like(positive), config)
+        weight = click_weights(policy[positive], torch.zeros(len(positive)), logging, torch.ones_like(positive), config)
         loss = sampled_softmax_loss(user, items, positive, torch.tensor(1.0), weight=weight)
         optimizer.zero_grad()
         loss.backward()
@@ -59,17 +59,33 @@ def test_corrected_objective_recovers_the_best_item_where_the_uncorrected_one_le
 
 def test_click_weights_follow_the_top_k_formula_scaled_to_mean_one_and_capped():
     target, logging, k = torch.tensor([0.1, 0.2, 0.01]), torch.tensor([0.5, 0.1, 0.5]), torch.tensor([3, 3, 2])
-    raw = [p / b * n * (1 - p) ** (n - 1) for p, b, n in zip([0.1, 0.2, 0.01], [0.5, 0.1, 0.5], [3, 3, 2])]
+    above = torch.tensor([0.0, 0.5, 0.9])  # the target's mass on the items shown above each click
+    ratio = [p / (1 - a) / b for p, a, b in zip([0.1, 0.2, 0.01], [0.0, 0.5, 0.9], [0.5, 0.1, 0.5])]
+    raw = [r * n * (1 - p) ** (n - 1) for r, p, n in zip(ratio, [0.1, 0.2, 0.01], [3, 3, 2])]
     expected = [w / (sum(raw) / 3) for w in raw]
-    got = click_weights(target, logging, k, LossConfig(log_correction="topk", log_weight_cap=100.0))
+    got = click_weights(target, above, logging, k, LossConfig(log_correction="topk", log_weight_cap=100.0))
     assert got.tolist() == pytest.approx(expected, rel=1e-5)
-    capped = click_weights(target, logging, k, LossConfig(log_correction="topk", log_weight_cap=1.5))
+    capped = click_weights(target, above, logging, k, LossConfig(log_correction="topk", log_weight_cap=1.5))
     assert capped.tolist() == pytest.approx([min(w, 1.5) for w in expected], rel=1e-5)
-    ips = click_weights(target, logging, k, LossConfig(log_correction="ips", log_weight_cap=100.0))
-    assert ips.tolist() == pytest.approx([r / (sum([0.2, 2.0, 0.02]) / 3) for r in [0.2, 2.0, 0.02]], rel=1e-5)
-    assert click_weights(target, logging, k, LossConfig(log_correction="none")).tolist() == [1.0, 1.0, 1.0]
+    ips = click_weights(target, above, logging, k, LossConfig(log_correction="ips", log_weight_cap=100.0))
+    assert ips.tolist() == pytest.approx([r / (sum(ratio) / 3) for r in ratio], rel=1e-5)
+    assert click_weights(target, above, logging, k, LossConfig(log_correction="none")).tolist() == [1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="log_weight_cap must be positive"):
         LossConfig(log_weight_cap=0)
+    with pytest.raises(ValueError, match="log_target_temperature must be positive"):
+        LossConfig(log_target_temperature=0)
+
+
+def test_a_pick_weighs_one_when_the_target_policy_is_the_logging_policy():
+    """Plackett-Luce picks of the same softmax: pi / (1 - mass above) is exactly the logged pick probability."""
+    policy = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    slate = [1, 0, 3]  # a drawn slate, in pick order
+    picks = [policy[i] / (1 - policy[slate[:j]].sum()) for j, i in enumerate(slate)]
+    weight = click_weights(policy[slate], torch.stack([policy[slate[:j]].sum() for j in range(3)]),
+                           torch.stack(picks), torch.tensor([3, 3, 3]), LossConfig(log_correction="ips"))
+    assert weight.tolist() == pytest.approx([1.0, 1.0, 1.0])
+    assert effective_sample_share(weight).item() == pytest.approx(1.0)
+    assert effective_sample_share(torch.tensor([3.0, 0.0, 0.0])).item() == pytest.approx(1 / 3)
 
 
 def _serve_and_click(export, folder) -> list[dict]:
@@ -93,6 +109,7 @@ def test_logged_clicks_hold_the_user_as_served_and_the_pick_probability(flat_exp
     assert len(clicks) == 2 and clicks.slate_size.tolist() == [3, 3]
     assert clicks.items.tolist() == [rows[r["items"][1]["item_id"]] for r in (known, new)]
     assert clicks.pick_probability.tolist() == pytest.approx([r["items"][1]["pick_probability"] for r in (known, new)])
+    assert [a.tolist() for a in clicks.above] == [[rows[r["items"][0]["item_id"]]] for r in (known, new)]
     u1 = recommender.export.user_rows["u1"]
     assert clicks.histories[0].tolist() == recommender.export.split.history(u1, "all").tolist()
     assert clicks.profiles[0] == recommender.export.users["profile"][u1]

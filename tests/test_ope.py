@@ -209,7 +209,18 @@ def test_retraining_script_fine_tunes_exports_and_reports_a_loop(trained, tmp_pa
     exported = ExportFolder.load(tmp_path / "loop" / "exports" / runs[0])
     assert exported.meta["model_hparams"]["init_checkpoint"] == str(trained[0])
     assert exported.meta["model_hparams"]["loss"]["log_correction"] == "topk"
+    assert exported.meta["model_hparams"]["loss"]["log_target_temperature"] == 0.02  # the loop's serving temperature
     assert (tmp_path / "loop" / "retraining.png").stat().st_size > 1000
     assert "NDCG@10 last" in capsys.readouterr().out
     with pytest.raises(ValueError, match="loops must be names of"):
         simulate_retraining.main(str(trained[0]), _future(tmp_path), loops=["no such loop"])
+
+
+def test_a_corrected_loop_targets_its_serving_policy():
+    from recsys_tt.policies import GREEDY, RetrainingLoop
+
+    loop = RetrainingLoop(ExplorationConfig(temperature=0.03), "ips")
+    assert loop.train_args() == ["--model.loss.log_correction", "ips", "--model.loss.log_target_temperature", "0.03"]
+    assert RetrainingLoop(GREEDY, "none").train_args() == ["--model.loss.log_correction", "none"]
+    with pytest.raises(ValueError, match="serving temperature > 0"):
+        RetrainingLoop(GREEDY, "topk")
