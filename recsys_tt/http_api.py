@@ -14,7 +14,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
 from recsys_tt.explore import MIN_TEMPERATURE
 from recsys_tt.recommender import (
@@ -39,8 +39,23 @@ def _unicode(value: str) -> str:
     return value
 
 
+def _json_integer(value: object) -> object:
+    """JSON Schema counts 5.0 as an integer and true as none; pydantic's strict int refuses 5.0, its lax int takes true."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 Text = Annotated[str, AfterValidator(_unicode)]
-Integer = Annotated[int, Strict()]  # JSON true/false are not numbers
+
+
+def _integer(**bounds: int) -> object:
+    """A JSON integer; bounds go inside the converter so that the document states them as JSON Schema keywords."""
+    return Annotated[int, Strict(), Field(**bounds), BeforeValidator(_json_integer)]
+
+
+Integer = _integer()
+Seed = _integer(ge=0, lt=MAX_SEED)
 Number = Annotated[float, Strict()]  # (strict floats still take JSON integers)
 
 
@@ -119,7 +134,7 @@ def request_bodies(config: ServingConfig, catalog_size: int) -> tuple[type[BaseM
                                            "temperature; 0 = greedy.", json_schema_extra={"anyOf": [
                                                {"type": "number", "const": 0},
                                                {"type": "number", "minimum": MIN_TEMPERATURE}, {"type": "null"}]})
-        seed: Integer | None = Field(None, ge=0, lt=MAX_SEED, description="Reproduces a slate exactly.")
+        seed: Seed | None = Field(None, description="Reproduces a slate exactly.")
         exclude: list[Text] = Field(default_factory=list, description="Item ids never to show.",
                                     json_schema_extra={"maxItems": config.max_exclude})
 

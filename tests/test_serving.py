@@ -350,7 +350,8 @@ RECOMMEND_BODIES = [
     {"recent_item_ids": ["nope"]}, {"user_id": "nobody"}, {"user_id": "u1", "exclude": ["i1"] * 4},
     {"user_id": "u1", "exclude": ["i1"] * 5}, {"user_id": "u1", "temperature": 0},
     {"user_id": "u1", "temperature": MIN_TEMPERATURE}, {"user_id": "u1", "temperature": MIN_TEMPERATURE / 2},
-    {"user_id": "u1", "temperature": -0.1},
+    {"user_id": "u1", "temperature": -0.1}, {"user_id": "u1", "k": 5.0}, {"user_id": "u1", "seed": 7.0},
+    {"user_id": "u1", "k": 2.5}, {"user_id": "u1", "k": True}, {"user_id": "u1", "k": "5"},
 ]
 
 
