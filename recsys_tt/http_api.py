@@ -40,7 +40,7 @@ def _unicode(value: str) -> str:
 
 
 def _json_integer(value: object) -> object:
-    """JSON Schema counts 5.0 as an integer and true as none; pydantic's strict int refuses 5.0, its lax int takes true."""
+    """JSON Schema counts 5.0 as an integer and true as none; pydantic's strict int refuses 5.0, lax int takes true."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
