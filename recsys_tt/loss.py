@@ -53,26 +53,25 @@ def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, positive: torch
 
 def click_weights(target: torch.Tensor, target_above: torch.Tensor, logging: torch.Tensor, slate_size: torch.Tensor,
                   config: LossConfig) -> torch.Tensor:
-    """(B,) weights of logged clicks for the off-policy corrected objective (``config.log_correction``).
+    """(E,) weights of a log's clicks for the off-policy corrected objective (``config.log_correction``).
 
     ``target`` is the target policy's probability of the clicked item in one draw (pi), ``target_above`` its
     probability of the items shown above it (the earlier picks of the slate), ``logging`` the logging policy's
     probability of the pick that showed the item given those earlier picks (beta), ``slate_size`` K. The ratio
     compares like with like: pi / (1 - target_above), the target's probability of the same pick after the same
-    earlier picks, over beta. "ips" weighs that ratio; "topk" multiplies it by K (1 - pi)^(K - 1), the gradient
-    of pi's chance to be among K draws (Chen et al. 2019, "Top-K Off-Policy Correction for a REINFORCE
-    Recommender System"); "none" weighs every click 1. Weights are scaled to a batch mean of 1 (pi over a whole
-    catalog is small, and the scale would only act as a learning rate) and then capped at
-    ``config.log_weight_cap``, which bounds the variance a few rare picks can add.
+    earlier picks, over beta; it is 1 where the target picks as the logger did, and capped at
+    ``config.log_weight_cap``, which bounds the variance a few rare picks can add. "ips" weighs that ratio; "topk"
+    multiplies it by K (1 - pi)^(K - 1), the gradient of pi's chance to be among K draws (Chen et al. 2019,
+    "Top-K Off-Policy Correction for a REINFORCE Recommender System"); "none" weighs every click 1. Weights are
+    then scaled to a mean of 1 over the clicks given (the scale would only act as a learning rate).
     """
     if config.log_correction == "none":
         return torch.ones_like(target)
     pick = target.double() / (1 - target_above.double()).clamp(min=1e-12)
-    weight = pick / logging.double().clamp(min=1e-12)
+    weight = (pick / logging.double().clamp(min=1e-12)).clamp(max=config.log_weight_cap)
     if config.log_correction == "topk":
         weight = weight * slate_size * (1 - target.double()) ** (slate_size - 1)
-    weight = weight / weight.mean().clamp(min=1e-300)
-    return weight.clamp(max=config.log_weight_cap).float()
+    return (weight / weight.mean().clamp(min=1e-300)).float()
 
 
 def effective_sample_share(weight: torch.Tensor) -> torch.Tensor:
@@ -136,10 +135,11 @@ class LossConfig:
     """How clicks from a serving log (``data.logs``) are weighted against the logging policy's choices: the top-K
     off-policy correction, plain importance weights, or not at all (which learns the logging policy back)."""
     log_weight_cap: float = 10.0
-    """Largest weight of one logged click (weights average 1 in a batch before the cap)."""
+    """Largest ratio pi / beta of one logged click (1: the target picks as the logger did), before the top-K factor."""
     log_target_temperature: float = 0.05
     """The target policy of the correction: the model's softmax over the catalog at this temperature, i.e. how the
-    retrained model will serve. Set it to the serving exploration temperature (serving.exploration.temperature)."""
+    retrained model will serve. Set it to the serving exploration temperature (serving.exploration.temperature).
+    The target is the model as the fine-tuning starts, held for the whole run (``TwoTowerModule``)."""
     memory_size: int = 0
     """Cross-batch memory: the item vectors of recent batches (detached) join the negatives, up to this many
     columns, each with the logQ of the batch it came from; 0 turns it off. The memory is not checkpointed: a

@@ -8,8 +8,9 @@ items from their real later interactions; each user's last later item is held ou
 click. Each loop (recsys_tt/policies.py: RETRAINING_LOOPS) serves every user a slate per round through the real
 serving path into its own propensity log, then fine-tunes the previous round's model on every click logged so far
 with ``train.py fit --model.init_checkpoint ... --data.logs ...`` (off-policy correction as the loop says), exports
-it, and serves the next round with it. Writes results.json, retraining.png, each loop's logs, runs and exports
-under --out, and prints clicks, coverage, novelty and held-out NDCG@10 per loop.
+it, and serves the next round with it. Writes results.json (with each fine-tuning's effective sample share of its
+click weights), retraining.png, each loop's logs, runs and exports under --out, and prints clicks, coverage,
+novelty and held-out NDCG@10 per loop.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from recsys_tt.checkpoint_files import resolve_checkpoint, run_folder
+from recsys_tt.checkpoint_files import read_checkpoint, resolve_checkpoint, run_folder
 from recsys_tt.cli import run
 from recsys_tt.export import export_model
 from recsys_tt.export_folder import ExportFolder
 from recsys_tt.logged_clicks import read_clicks
+from recsys_tt.loss import effective_sample_share
 from recsys_tt.plots import plot_retraining
 from recsys_tt.policies import RETRAINING_LOOPS, RetrainingLoop, slug
 from recsys_tt.recommender import ServingConfig
@@ -43,6 +45,7 @@ class Retrainer:
                  root: Path, steps: int, logs_share: float, extra: list[str]) -> None:
         self.loop, self.export, self.checkpoint, self.config = loop, export, checkpoint, config
         self.log_dir, self.root, self.steps, self.logs_share, self.extra = log_dir, root, steps, logs_share, extra
+        self.weight_ess: list[float] = []  # per fine-tuning: the effective sample share of its click weights
 
     def command(self, name: str) -> list[str]:
         return [sys.executable, str(TRAIN), "fit", "--config", str(self.config),
@@ -64,10 +67,11 @@ class Retrainer:
         if done.returncode:
             raise RuntimeError(f"Fine-tuning {name} failed (rc {done.returncode}):\n{done.stderr[-3000:]}")
         self.checkpoint = self.root / "runs" / name / "version_0" / "checkpoints" / "last.ckpt"
+        self.weight_ess.append(float(effective_sample_share(read_checkpoint(self.checkpoint)["click_weight"])))
         self.export = ExportFolder.load(export_model(self.checkpoint, self.root / "exports" / name,
                                                      report_users=100, overwrite=True))
-        print(f"  {name}: fine-tuned {self.steps} steps and exported in {time.perf_counter() - began:.0f}s",
-              flush=True)
+        print(f"  {name}: fine-tuned {self.steps} steps (click weights' effective sample share "
+              f"{self.weight_ess[-1]:.3f}) and exported in {time.perf_counter() - began:.0f}s", flush=True)
         return self.export
 
 
@@ -117,6 +121,7 @@ def main(checkpoint: str, future: str, rounds: int = 5, k: int = 10, steps: int 
         serving = ServingConfig(exploration=replace(loop.serving, propensity_samples=0))  # picks are logged exactly
         retrain = Retrainer(loop, start_export, base, config, log_dir, root, steps, logs_share, train_args or [])
         results[loop.name] = run_policy(start_export, start, serving, rounds, k, seed, str(log_dir), retrain)
+        results[loop.name]["click_weight_ess_per_round"] = retrain.weight_ess
         print(f"{loop.name}: {results[loop.name]['cumulative_clicks']:.3f} clicks per user "
               f"({time.perf_counter() - began:.0f}s)", flush=True)
     print_table(results)

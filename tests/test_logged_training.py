@@ -25,9 +25,10 @@ CLICK_RATES = np.array([0.3, 0.6, 0.3, 0.1])  # item 1 is the one users like bes
 LOGGING = np.array([0.7, 0.1, 0.1, 0.1])  # but the logging policy mostly showed item 0
 
 
-def _learned_policy(correction: str, seed: int = 0) -> np.ndarray:
+def _learned_policy(correction: str, rounds: int = 4, seed: int = 0) -> np.ndarray:
     """Logs 4,000 one-item slates drawn from LOGGING with clicks at CLICK_RATES, fits a softmax policy over the four
-    items on the clicks with the given correction, and returns that policy."""
+    items on the clicks with the given correction in ``rounds`` fine-tunings, each weighing the clicks against the
+    policy it starts from (as ``TwoTowerModule`` does), and returns that policy."""
     rng = np.random.default_rng(seed)
     shown = rng.choice(4, size=4000, p=LOGGING)
     clicked = shown[rng.random(4000) < CLICK_RATES[shown]]
@@ -35,14 +36,15 @@ def _learned_policy(correction: str, seed: int = 0) -> np.ndarray:
     user = torch.ones(len(clicked), 4) / 2
     items = torch.nn.Parameter(torch.zeros(4, 4))
     config = LossConfig(log_correction=correction)
-    optimizer = torch.optim.Adam([items], lr=0.05)
-    for _ in range(300):
+    for _ in range(rounds):
         policy = torch.softmax(user[:1] @ items.T, dim=1)[0].detach()
         weight = click_weights(policy[positive], torch.zeros(len(positive)), logging, torch.ones_like(positive), config)
-        loss = sampled_softmax_loss(user, items, positive, torch.tensor(1.0), weight=weight)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        optimizer = torch.optim.Adam([items], lr=0.05)
+        for _ in range(100):
+            loss = sampled_softmax_loss(user, items, positive, torch.tensor(1.0), weight=weight)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
     return torch.softmax(user[:1] @ items.T, dim=1)[0].detach().numpy()
 
 
@@ -52,21 +54,27 @@ def test_corrected_objective_recovers_the_best_item_where_the_uncorrected_one_le
     assert uncorrected.argmax() == 0
     expected = LOGGING * CLICK_RATES / (LOGGING * CLICK_RATES).sum()
     assert np.abs(uncorrected - expected).max() < 0.05
+    # weighed against a uniform start, one fine-tuning fits the click rates themselves: 0.23, 0.46, 0.23, 0.08
+    once = _learned_policy("ips", rounds=1)
+    assert np.abs(once - CLICK_RATES / CLICK_RATES.sum()).max() < 0.05
     for correction in ("ips", "topk"):  # with one-item slates the top-K correction is plain IPS
-        corrected = _learned_policy(correction)
+        corrected = _learned_policy(correction)  # each round moves the target further towards the best item
         assert corrected.argmax() == 1 and corrected[1] > 0.6, (correction, corrected)
 
 
-def test_click_weights_follow_the_top_k_formula_scaled_to_mean_one_and_capped():
+def test_click_weights_follow_the_top_k_formula_with_a_capped_ratio_scaled_to_mean_one():
     target, logging, k = torch.tensor([0.1, 0.2, 0.01]), torch.tensor([0.5, 0.1, 0.5]), torch.tensor([3, 3, 2])
     above = torch.tensor([0.0, 0.5, 0.9])  # the target's mass on the items shown above each click
-    ratio = [p / (1 - a) / b for p, a, b in zip([0.1, 0.2, 0.01], [0.0, 0.5, 0.9], [0.5, 0.1, 0.5])]
-    raw = [r * n * (1 - p) ** (n - 1) for r, p, n in zip(ratio, [0.1, 0.2, 0.01], [3, 3, 2])]
-    expected = [w / (sum(raw) / 3) for w in raw]
+    ratio = [p / (1 - a) / b for p, a, b in zip([0.1, 0.2, 0.01], [0.0, 0.5, 0.9], [0.5, 0.1, 0.5])]  # .2, 4, .2
+
+    def topk(ratios: list[float]) -> list[float]:
+        raw = [r * n * (1 - p) ** (n - 1) for r, p, n in zip(ratios, [0.1, 0.2, 0.01], [3, 3, 2])]
+        return [w / (sum(raw) / 3) for w in raw]
+
     got = click_weights(target, above, logging, k, LossConfig(log_correction="topk", log_weight_cap=100.0))
-    assert got.tolist() == pytest.approx(expected, rel=1e-5)
+    assert got.tolist() == pytest.approx(topk(ratio), rel=1e-5)
     capped = click_weights(target, above, logging, k, LossConfig(log_correction="topk", log_weight_cap=1.5))
-    assert capped.tolist() == pytest.approx([min(w, 1.5) for w in expected], rel=1e-5)
+    assert capped.tolist() == pytest.approx(topk([min(r, 1.5) for r in ratio]), rel=1e-5)
     ips = click_weights(target, above, logging, k, LossConfig(log_correction="ips", log_weight_cap=100.0))
     assert ips.tolist() == pytest.approx([r / (sum(ratio) / 3) for r in ratio], rel=1e-5)
     assert click_weights(target, above, logging, k, LossConfig(log_correction="none")).tolist() == [1.0, 1.0, 1.0]
@@ -160,6 +168,24 @@ def test_fine_tuning_on_logged_clicks_from_a_checkpoint(trained, flat_export, ti
     assert len(losses) == 2 and losses.map(math.isfinite).all() and cli.trainer.global_step == 2
     counts = cli.datamodule.item_counts
     assert counts.sum() == sum(len(t) for t in cli.datamodule.split.train) + 2  # the two logged clicks count too
+
+
+def test_fine_tuning_weighs_each_click_once_against_the_model_it_starts_from(trained, flat_export, tiny_bert,
+                                                                           tmp_path):
+    """The clicks were served by the checkpoint's export at temperature 0.5: scored by the model the run starts from
+    at that temperature, every pick is as likely as logged, so every ips weight is 1, and stays 1 as the run trains."""
+    _serve_and_click(flat_export, tmp_path / "log")
+    paths = write_tiny_dataset(tmp_path / "data")
+    cli = main(train_args(tmp_path, paths, tiny_bert, 3, "--model.init_checkpoint", str(trained[0]),
+                          "--data.logs", str(tmp_path / "log"), "--model.loss.log_correction", "ips",
+                          "--model.loss.log_target_temperature", "0.5", "--model.lr", "0.05",
+                          "--model.eval_ks", "[3,5]", "--best_checkpoint.monitor", "val/ndcg@5",
+                          "--data.batch_size", "2"))
+    assert cli.model.click_weight.tolist() == pytest.approx([1.0, 1.0], abs=1e-3)
+    ess = pd.read_csv(tmp_path / "ml100k_minilm" / "version_0" / "metrics.csv")["train/click_weight_ess"].dropna()
+    assert len(ess) == 3 and ess.tolist() == pytest.approx([1.0] * 3, abs=1e-6)
+    saved = read_checkpoint(tmp_path / "ml100k_minilm" / "version_0" / "checkpoints" / "last.ckpt")
+    assert torch.equal(saved["click_weight"], cli.model.click_weight)  # a resumed run keeps them
 
 
 def test_logs_share_outside_zero_to_one_is_refused(tiny_dataset, tiny_bert, tmp_path):

@@ -204,6 +204,7 @@ def test_retraining_script_fine_tunes_exports_and_reports_a_loop(trained, tmp_pa
     assert list(written["simulation"]) == [corrected] and written["loops"][corrected]["correction"] == "topk"
     result = written["simulation"][corrected]
     assert len(result["clicks_per_round"]) == 1 and "ndcg@10" in result["held_out_final"]
+    assert len(result["click_weight_ess_per_round"]) == 1 and 0 < result["click_weight_ess_per_round"][0] <= 1
     runs = [p.name for p in (tmp_path / "loop" / "runs").iterdir()]
     assert runs == ["tau_0.02_topk_corrected_retraining_round1"]
     exported = ExportFolder.load(tmp_path / "loop" / "exports" / runs[0])
