@@ -157,11 +157,18 @@ class TwoTowerModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         clicks = self.trainer.datamodule.logged_clicks
-        if clicks is not None and self.click_weight is None:  # a resumed run keeps the weights it started with
-            self.click_weight = self._weigh_logged_clicks()
-            log.info("Off-policy weights (%s) of %d logged clicks: effective sample share %.3f, largest %.2f",
-                     self.loss.config.log_correction, len(clicks), effective_sample_share(self.click_weight),
-                     self.click_weight.max())
+        if clicks is None:
+            return
+        if self.click_weight is not None:  # a resumed run keeps the weights it started with
+            if len(self.click_weight) != len(clicks):
+                raise ValueError(f"The checkpoint weighed {len(self.click_weight)} logged clicks but data.logs holds "
+                                 f"{len(clicks)}: resume with the log the run started with, or start a new run "
+                                 "(model.init_checkpoint) to train on this one.")
+            return
+        self.click_weight = self._weigh_logged_clicks()
+        log.info("Off-policy weights (%s) of %d logged clicks: effective sample share %.3f, largest %.2f",
+                 self.loss.config.log_correction, len(clicks), effective_sample_share(self.click_weight),
+                 self.click_weight.max())
 
     def _weigh_logged_clicks(self) -> torch.Tensor:
         """(E,) weights of every logged click (``click_weights``). The target policy is this model as the run starts,

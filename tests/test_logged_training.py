@@ -186,6 +186,12 @@ def test_fine_tuning_weighs_each_click_once_against_the_model_it_starts_from(tra
     assert len(ess) == 3 and ess.tolist() == pytest.approx([1.0] * 3, abs=1e-6)
     saved = read_checkpoint(tmp_path / "ml100k_minilm" / "version_0" / "checkpoints" / "last.ckpt")
     assert torch.equal(saved["click_weight"], cli.model.click_weight)  # a resumed run keeps them
+    _serve_and_click(flat_export, tmp_path / "log")  # two more clicks: not the log the run started with
+    with pytest.raises(ValueError, match="The checkpoint weighed 2 logged clicks but data.logs holds 4"):
+        main(train_args(tmp_path, paths, tiny_bert, 4, "--data.logs", str(tmp_path / "log"),
+                        "--ckpt_path", str(tmp_path / "ml100k_minilm" / "version_0" / "checkpoints" / "last.ckpt"),
+                        "--model.eval_ks", "[3,5]", "--best_checkpoint.monitor", "val/ndcg@5",
+                        "--data.batch_size", "2"))
 
 
 def test_logs_share_outside_zero_to_one_is_refused(tiny_dataset, tiny_bert, tmp_path):
