@@ -184,15 +184,14 @@ class RecDataModule(pl.LightningDataModule):
         return {**self.user_features.batch(examples[:, 0], histories), "items": unique, "positive": positive}
 
     def log_batch(self, examples: np.ndarray) -> dict[str, torch.Tensor]:
-        """Logged clicks (B, 1) -> the users as served, the unique clicked items, each click's column and index, and
-        what the off-policy weights need: the history (left out of the model's policy) and the items shown above."""
+        """Logged clicks (B, 1) -> the users as served, the unique clicked items, and each click's column and index
+        (the index of its off-policy weight)."""
         clicks, rows = self.logged_clicks, examples[:, 0]
         histories = [clicks.histories[i] for i in rows]
         unique, column = torch.unique(torch.as_tensor(clicks.items[rows]), return_inverse=True)
         return {**self.user_features.batch_from_text([clicks.profiles[i] for i in rows], histories),
                 "items": unique, "positive": self._mode.click_targets(histories, column, self.hparams.history_len),
-                "click": torch.as_tensor(rows), "exclude": pad_rows(histories),
-                "above": pad_rows([clicks.above[i] for i in rows])}
+                "click": torch.as_tensor(rows)}
 
     def eval_batch(self, users: list[int], stage: str) -> dict[str, torch.Tensor]:
         """Users -> user inputs with the history before the ``stage`` target, the target and items to exclude."""

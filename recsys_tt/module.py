@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from recsys_tt.backbone import load_model
+from recsys_tt.batches import pad_rows
 from recsys_tt.checkpoint_files import read_checkpoint, resolve_checkpoint
 from recsys_tt.encoder import Encoder, autocast_dtype
 from recsys_tt.loss import InBatchSoftmax, LossConfig, click_weights, effective_sample_share
@@ -180,17 +181,17 @@ class TwoTowerModule(pl.LightningModule):
         if self.loss.config.log_correction == "none":
             return torch.ones(len(clicks), device=self.device)
         text, catalog = encoder.catalog_tensors()
-        chunks = [np.arange(start, min(start + data.hparams.eval_batch_size, len(clicks)))
-                  for start in range(0, len(clicks), data.hparams.eval_batch_size)]
-        batches = [data.log_batch(rows[:, None]) for rows in chunks]
-        users = torch.from_numpy(encoder.users(batches, text.float().cpu().numpy())).to(catalog.device)
+        size = data.hparams.eval_batch_size
+        chunks = [np.arange(start, min(start + size, len(clicks))) for start in range(0, len(clicks), size)]
+        users = encoder.users((data.log_batch(rows[:, None]) for rows in chunks), text.float().cpu().numpy())
         target, above_mass = [], []
-        for rows, batch, user in zip(chunks, batches, users.split(data.hparams.eval_batch_size)):
-            scores = exclude_seen(catalog_scores(user, catalog.float()), batch["exclude"].to(catalog.device))
-            policy = torch.softmax(scores / self.loss.config.log_target_temperature, dim=1)  # (B, N)
-            above = batch["above"].to(catalog.device)  # (B, K - 1) rows shown above each click, -1 padded
+        for rows, user in zip(chunks, torch.from_numpy(users).to(self.device).split(size)):
+            history = pad_rows([clicks.histories[i] for i in rows]).to(self.device)
+            policy = torch.softmax(exclude_seen(catalog_scores(user, catalog), history)
+                                   / self.loss.config.log_target_temperature, dim=1)  # (B, N)
+            above = pad_rows([clicks.above[i] for i in rows]).to(self.device)  # (B, K - 1) picks before, -1 padded
             above_mass.append((policy.gather(1, above.clamp(min=0)) * (above >= 0)).sum(1))
-            target.append(policy.gather(1, torch.as_tensor(clicks.items[rows], device=catalog.device)[:, None])[:, 0])
+            target.append(policy.gather(1, torch.as_tensor(clicks.items[rows], device=self.device)[:, None])[:, 0])
         return click_weights(torch.cat(target), torch.cat(above_mass), torch.as_tensor(clicks.pick_probability),
                              torch.as_tensor(clicks.slate_size), self.loss.config).to(self.device)
 
