@@ -11,10 +11,13 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +76,7 @@ class StepBatches:
         return self.steps_per_epoch
 
     def __iter__(self) -> Iterator[dict]:
-        epoch, start = divmod(self.current_step(), self.steps_per_epoch)
-        for b in range(start, self.steps_per_epoch):
-            yield self.batch_at(epoch * self.steps_per_epoch + b)
+        return (self.batch_at(step) for step in rest_of_epoch(self.current_step(), len(self)))
 
     def batch_at(self, step: int) -> dict:
         """The batch of this rank at optimizer step ``step``."""
@@ -112,19 +113,71 @@ class MixedBatches:
         return max(round(len(self.first) / self.share), 1)
 
     def __iter__(self) -> Iterator[dict]:
-        epoch, start = divmod(self.current_step(), len(self))
-        for step in range(epoch * len(self) + start, (epoch + 1) * len(self)):
-            taken = math.floor(step * self.share)  # first's batches before this step
-            if math.floor((step + 1) * self.share) > taken:
-                yield self.first.batch_at(taken)
-            else:
-                yield self.second.batch_at(step - taken)
+        return (self.batch_at(step) for step in rest_of_epoch(self.current_step(), len(self)))
+
+    def batch_at(self, step: int) -> dict:
+        taken = math.floor(step * self.share)  # first's batches before this step
+        if math.floor((step + 1) * self.share) > taken:
+            return self.first.batch_at(taken)
+        return self.second.batch_at(step - taken)
 
     def state_dict(self) -> dict:
         return {"share": self.share, "first": self.first.state_dict(), "second": self.second.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         warn_if_changed(state, self.state_dict())
+
+
+def rest_of_epoch(step: int, steps_per_epoch: int) -> range:
+    """The steps from ``step`` to the end of its epoch: where a (resumed) loader's iteration runs."""
+    epoch = step // steps_per_epoch
+    return range(step, (epoch + 1) * steps_per_epoch)
+
+
+class _StepStream(IterableDataset):
+    """A loader's worker builds every ``workers``-th batch from ``start``; the DataLoader takes them round-robin,
+    so the batches arrive in step order."""
+
+    def __init__(self, batches: StepBatches | MixedBatches) -> None:
+        self.batches, self.start = batches, 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        return (self.batches.batch_at(step) for step in rest_of_epoch(self.start, len(self))[worker::workers])
+
+
+class StepLoader(DataLoader):
+    """Resumable batches built in worker processes, optionally in pinned memory, so that a GPU step never waits for
+    the next batch or for its copy. It resumes as the batches do (``state_dict`` is theirs)."""
+
+    def __init__(self, batches: StepBatches | MixedBatches, workers: int, pin_memory: bool) -> None:
+        # Workers are forked: the batch builder (the data module, its tokenizer, the trainer's step) does not pickle.
+        context = "fork" if workers and "fork" in multiprocessing.get_all_start_methods() else None
+        super().__init__(_StepStream(batches), batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                         prefetch_factor=4 if workers else None, multiprocessing_context=context)
+        self.batches = batches
+
+    def __iter__(self):
+        self.dataset.start = self.batches.current_step()  # read here: workers see a copy of the trainer
+        return super().__iter__()
+
+    def state_dict(self) -> dict:
+        return self.batches.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches.load_state_dict(state)
+
+
+def step_loader(batches: StepBatches | MixedBatches, workers: int, pin_memory: bool) -> Iterable[dict]:
+    """The batches themselves (built in the training process), or a ``StepLoader`` with workers or pinning."""
+    if workers == 0 and not pin_memory:
+        return batches
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked workers tokenise (logged users' texts)
+    return StepLoader(batches, workers, pin_memory)
 
 
 def warn_if_changed(saved: dict, now: dict) -> None:

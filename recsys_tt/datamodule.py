@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -13,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from recsys_tt.backbone import DEFAULT_BACKBONE, load_tokenizer
-from recsys_tt.batches import MixedBatches, StepBatches, pad_rows
+from recsys_tt.batches import MixedBatches, StepBatches, pad_rows, step_loader
 from recsys_tt.data import InteractionData, LeaveOneOut, load_interaction_data
 from recsys_tt.files import default_cache_dir
 from recsys_tt.logged_clicks import LoggedClicks, read_logged_clicks
@@ -48,6 +49,8 @@ class RecDataModule(pl.LightningDataModule):
         logs: str | None = None,
         logs_share: float = 1.0,
         backbone: str = DEFAULT_BACKBONE,
+        num_workers: int = 0,
+        pin_memory: bool = False,
     ) -> None:
         """Data, text and batching.
 
@@ -80,6 +83,9 @@ class RecDataModule(pl.LightningDataModule):
             logs_share: with logs, the share of training steps whose batch is logged clicks; the others are
                 batches of the interactions (1: logs only).
             backbone: linked from model.tower.backbone (its tokenizer is used).
+            num_workers: processes that build training batches ahead of the step (0: the training process builds
+                each batch when the step asks for it). On a GPU, workers keep the host's batch building off the step.
+            pin_memory: training batches in page-locked memory, which a GPU copies from without the host waiting.
 
         How users enter the user tower (``user_input``) is the model's setting; ``setup`` takes it from the trainer's
         model, and code without a trainer sets ``user_input`` itself.
@@ -88,6 +94,8 @@ class RecDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         if dataset == "files" and not (interactions and items):
             raise ValueError("dataset: files needs data.interactions and data.items paths.")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}.")
         if min_history < 0:
             raise ValueError(f"data.min_history must be >= 0, got {min_history}.")
         if not 0 < logs_share <= 1:
@@ -200,7 +208,7 @@ class RecDataModule(pl.LightningDataModule):
         return {**self.user_features.batch(users, histories), "exclude": pad_rows(histories),
                 "target": torch.as_tensor(self.split.targets(stage)[users])}
 
-    def train_dataloader(self) -> StepBatches | MixedBatches:
+    def train_dataloader(self) -> Iterable[dict]:
         trainer, hp = self.trainer, self.hparams
 
         def step() -> int:
@@ -212,14 +220,18 @@ class RecDataModule(pl.LightningDataModule):
 
         examples = self._mode.training_examples(self.split.train, hp.history_len, hp.min_history)
         log.info("%d training examples for %s users", len(examples), self._mode.name)
+        return step_loader(self._train_batches(examples, batches), hp.num_workers, hp.pin_memory)
+
+    def _train_batches(self, examples: np.ndarray, batches: Callable) -> StepBatches | MixedBatches:
         if self.logged_clicks is None:
             return batches(examples, self.train_batch)
-        log.info("%d logged clicks from %s (%.0f%% of the steps)", len(self.logged_clicks), hp.logs,
-                 100 * hp.logs_share)
+        log.info("%d logged clicks from %s (%.0f%% of the steps)", len(self.logged_clicks), self.hparams.logs,
+                 100 * self.hparams.logs_share)
         logged = batches(np.arange(len(self.logged_clicks))[:, None], self.log_batch)
-        if hp.logs_share == 1:
+        if self.hparams.logs_share == 1:
             return logged
-        return MixedBatches(logged, batches(examples, self.train_batch), hp.logs_share, step)
+        return MixedBatches(logged, batches(examples, self.train_batch), self.hparams.logs_share,
+                            logged.current_step)
 
     def _eval_loader(self, stage: str) -> DataLoader:
         users = np.flatnonzero(self.split.targets(stage) >= 0)

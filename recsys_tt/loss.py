@@ -32,7 +32,8 @@ def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, positive: torch
     Args:
         user: (B, D) user vectors.
         item: (M, D) candidate item vectors.
-        positive: (B,) column of each row's positive item.
+        positive: (B,) column of each row's positive item; rows with -1 are ignored (padding positions, kept so that
+            no step has to wait for the device to count the real ones).
         temperature: scalar that divides the similarities.
         logq: (M,) log sampling probability of each column's item; subtracted from every logit.
         item_ids: (M,) item identity of each column, for accidental-hit masking; -1 marks padding columns.
@@ -42,13 +43,15 @@ def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, positive: torch
     if logq is not None:
         logits = logits - logq.unsqueeze(0)
     if item_ids is not None:
-        rows = torch.arange(len(positive), device=logits.device)
-        same_item = item_ids.unsqueeze(0) == item_ids[positive].unsqueeze(1)  # (B, M)
-        same_item[rows, positive] = False
+        rows, column = torch.arange(len(positive), device=logits.device), positive.clamp(min=0)
+        same_item = item_ids.unsqueeze(0) == item_ids[column].unsqueeze(1)  # (B, M)
+        same_item[rows, column] = False
         logits = logits.masked_fill(same_item | (item_ids < 0).unsqueeze(0), float("-inf"))
     if weight is None:
-        return F.cross_entropy(logits, positive)
-    return (F.cross_entropy(logits, positive, reduction="none") * weight).sum() / weight.sum().clamp(min=1e-12)
+        return F.cross_entropy(logits, positive, ignore_index=-1)
+    weight = weight * (positive >= 0)
+    losses = F.cross_entropy(logits, positive, ignore_index=-1, reduction="none")
+    return (losses * weight).sum() / weight.sum().clamp(min=1e-12)
 
 
 def click_weights(target: torch.Tensor, target_above: torch.Tensor, logging: torch.Tensor, slate_size: torch.Tensor,
@@ -97,8 +100,8 @@ def gather_items(item: torch.Tensor, positive: torch.Tensor, items: torch.Tensor
     items = F.pad(items, (0, pad), value=-1)
     parts = [torch.empty_like(items) for _ in range(world)]
     dist.all_gather(parts, items)
-    return deduplicate_columns(torch.cat(all_gather(item), dim=0), positive + dist.get_rank() * item.shape[0],
-                               torch.cat(parts))
+    shifted = torch.where(positive >= 0, positive + dist.get_rank() * item.shape[0], positive)
+    return deduplicate_columns(torch.cat(all_gather(item), dim=0), shifted, torch.cat(parts))
 
 
 def deduplicate_columns(item: torch.Tensor, positive: torch.Tensor, items: torch.Tensor):
@@ -110,7 +113,7 @@ def deduplicate_columns(item: torch.Tensor, positive: torch.Tensor, items: torch
     ids, inverse = torch.unique(items, return_inverse=True)
     first = torch.full((len(ids),), len(items), device=items.device).scatter_reduce(
         0, inverse, torch.arange(len(items), device=items.device), reduce="amin")
-    return item[first], inverse[positive], ids
+    return item[first], torch.where(positive >= 0, inverse[positive.clamp(min=0)], positive), ids
 
 
 @dataclass
@@ -176,7 +179,7 @@ class InBatchSoftmax(nn.Module):
         probs = (counts.double() + 1.0) / (counts.sum() + len(counts))
         self.item_probs.copy_(probs.float())
 
-    def column_logq(self, items: torch.Tensor, draws: int) -> torch.Tensor:
+    def column_logq(self, items: torch.Tensor, draws: int | torch.Tensor) -> torch.Tensor:
         """log P(item is among the batch's columns) when ``draws`` targets are drawn and columns de-duplicated.
 
         That is log(1 - (1 - q)^draws): about log(draws * q) for rare items, and 0 for items so frequent that
@@ -192,10 +195,11 @@ class InBatchSoftmax(nn.Module):
 
     def forward(self, user: torch.Tensor, item: torch.Tensor, positive: torch.Tensor, items: torch.Tensor,
                 weight: torch.Tensor | None = None) -> torch.Tensor:
-        """user (B, D), item (M, D), positive (B,) columns, items (M,) item indices of the columns, weight (B,)."""
+        """user (B, D), item (M, D), positive (B,) columns (-1: ignored row), items (M,) item indices of the columns,
+        weight (B,)."""
         if self.config.negatives == "catalog":  # every rank holds every item: nothing to gather, no sampling bias
             return sampled_softmax_loss(user, item, positive, self.temperature, weight=weight)
-        rows = len(positive)
+        rows = (positive >= 0).sum()  # a tensor: counting on the host would wait for the device
         item, positive, items = gather_items(item, positive, items)
         draws = rows * (dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1)
         logq = self.column_logq(items, draws) if self.config.logq_correction else torch.zeros(len(items),

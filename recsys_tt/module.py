@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -39,6 +40,8 @@ class TwoTowerModule(pl.LightningModule):
         item_chunk_size: int = 512,
         seed: int = 0,
         init_checkpoint: str | None = None,
+        fused_optimizer: bool = False,
+        matmul_precision: Literal["highest", "high", "medium"] = "highest",
     ) -> None:
         """Two-tower model, loss and optimisation.
 
@@ -62,6 +65,10 @@ class TwoTowerModule(pl.LightningModule):
             init_checkpoint: start from the trained weights of this checkpoint (or run folder: its best checkpoint)
                 with a fresh optimizer and schedule, e.g. to fine-tune on logged feedback (``data.logs``). The tower
                 settings must be the checkpoint's. ``--ckpt_path`` instead resumes a run where it stopped.
+            fused_optimizer: AdamW's fused kernel, one launch for every parameter instead of several per tensor
+                (GPU configs: a step's hundreds of small adapter tensors otherwise cost a launch each).
+            matmul_precision: ``torch.set_float32_matmul_precision`` for the run; "high" lets float32 matmuls
+                outside autocast use TF32 tensor cores on GPUs.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -78,6 +85,7 @@ class TwoTowerModule(pl.LightningModule):
             log.info("Starting from the weights of %s", path)
         self.strict_loading = False  # checkpoints leave out the frozen backbone
         self.item_tokens: dict[str, torch.Tensor] | None = None
+        self._device_item_tokens: dict[str, torch.Tensor] | None = None  # item_tokens on an accelerator (fixed shapes)
         self.item_text_cache: torch.Tensor | None = None  # (N, D) detached catalog text vectors, refreshed in training
         self.cache_step = 0  # the training step that encoded item_text_cache
         self.catalog_text: torch.Tensor | None = None  # (N, D) text vectors during evaluation
@@ -91,6 +99,7 @@ class TwoTowerModule(pl.LightningModule):
         self.loss.load_state_dict(sub_state(state, "loss."))
 
     def setup(self, stage: str) -> None:
+        torch.set_float32_matmul_precision(self.hparams.matmul_precision)
         datamodule = self.trainer.datamodule
         if datamodule.num_items != self.hparams.num_items:
             raise ValueError(f"The data has {datamodule.num_items} items but the model was built for "
@@ -111,6 +120,13 @@ class TwoTowerModule(pl.LightningModule):
         return Encoder(self.model, self.item_tokens, precision, self.hparams.item_chunk_size)
 
     def _item_tokens(self, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The tokens of items (M,), on the model's device. With ``tower.bucket_rows`` set they are cut to the
+        longest selected text, which reads the lengths on the host; with null they keep the catalog's padded width,
+        a fixed shape that an accelerator computes without waiting for the host."""
+        if self.model.config.bucket_rows is None:
+            if self._device_item_tokens is None or self._device_item_tokens["input_ids"].device != items.device:
+                self._device_item_tokens = {k: v.to(items.device) for k, v in self.item_tokens.items()}
+            return {name: values[items] for name, values in self._device_item_tokens.items()}
         tokens = trim({k: v[items.cpu()] for k, v in self.item_tokens.items()})
         return {name: values.to(self.device) for name, values in tokens.items()}
 
@@ -145,12 +161,15 @@ class TwoTowerModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         columns, positive = self._columns(batch)
         items = self.batch_item_vectors(columns)
-        users = self.model.encode_users(batch, self.item_text_cache, every_position=True)
-        if users.dim() == 3:  # one row per (window, position) target
-            users, positive = users[positive >= 0], positive[positive >= 0]
-        weight = self.click_weight[batch["click"]] if "click" in batch else None
+        users = self.model.encode_users(batch, self.item_text_cache, every_position=True)  # (B[, 1 + L], D)
+        weight = self.click_weight[batch["click"]] if "click" in batch else None  # (B,)
         if weight is not None:
             self.log("train/click_weight_ess", effective_sample_share(weight), batch_size=len(weight))
+            weight = weight[:, None].expand_as(positive) if positive.dim() == 2 else weight
+        # One row per (window, position) target. Padding rows (positive -1) stay and the loss ignores them:
+        # selecting the real rows would make the host wait for the device to count them.
+        users, positive = users.reshape(-1, users.shape[-1]), positive.reshape(-1)
+        weight = None if weight is None else weight.reshape(-1)
         loss = self.loss(users, items, positive, columns, weight)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(positive))
         self.log("train/temperature", self.loss.temperature, batch_size=len(positive))
@@ -231,7 +250,7 @@ class TwoTowerModule(pl.LightningModule):
         groups = [{"params": rest, "lr": hp.lr, "weight_decay": hp.weight_decay}]
         if ids:
             groups.append({"params": ids, "lr": hp.id_lr, "weight_decay": 0.0})
-        optimizer = torch.optim.AdamW(groups)
+        optimizer = torch.optim.AdamW(groups, fused=hp.fused_optimizer or None)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self._lr_factor(step, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -33,7 +33,7 @@ class ProgressLog(pl.Callback):
         self.first_step, self.targets = trainer.global_step, 0
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx) -> None:
-        self.targets += int((batch["positive"] >= 0).sum())
+        self.targets = self.targets + (batch["positive"] >= 0).sum()  # stays on the device until a line is due
         now = time.monotonic()
         if now - self.last < self.every_s or not trainer.is_global_zero:
             return
@@ -44,4 +44,4 @@ class ProgressLog(pl.Callback):
         eta = elapsed / max(done, 1) * max(total - trainer.global_step, 0)
         log.info("step %d/%d (%.0f%%), loss %s, %.0f targets/s, elapsed %s, ETA %s", trainer.global_step, total,
                  100 * trainer.global_step / max(total, 1), "n/a" if loss is None else f"{float(loss):.4f}",
-                 self.targets / elapsed, _clock(elapsed), _clock(eta))
+                 float(self.targets) / elapsed, _clock(elapsed), _clock(eta))

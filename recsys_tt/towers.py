@@ -82,7 +82,8 @@ class TowerConfig:
     """Recompute activations in backward (non-reentrant) to fit longer inputs or bigger models."""
     bucket_rows: int | None = 16
     """Encode texts sorted by length in groups of this many rows, each padded only to its own longest row
-    (None: one batch padded to its longest row). Padding is most of a mixed-length batch's tokens."""
+    (None: one batch as given; training then pads item texts to the catalog's longest, a fixed shape that a GPU step
+    computes without the host reading any lengths). Padding is most of a mixed-length batch's tokens on CPUs."""
 
     def __post_init__(self) -> None:
         if self.lora_r <= 0:
@@ -200,15 +201,19 @@ def running_pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Te
     return (hidden * weights).cumsum(1) / weights.cumsum(1).clamp(min=1.0)
 
 
-def causal_mask(mask: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
-    """(B, T) padding mask -> (B, 1, T, T) causal mask in the form the attention implementation expects."""
-    length = mask.shape[1]
-    allowed = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril() & mask.bool()[:, None, None, :]
+def attention_mask(mask: torch.Tensor, attn_implementation: str, dtype: torch.dtype, causal: bool) -> torch.Tensor:
+    """(B, T) padding mask -> a 4D mask in the form the attention implementation expects: (B, 1, T, T) causal, or
+    (B, 1, 1, T) over the keys. transformers takes a 4D mask as it is; from a 2D one it first asks whether any
+    token is padding, which makes the host wait for the device at every forward pass."""
+    allowed = mask.bool()[:, None, None, :]
+    if causal:
+        length = mask.shape[1]
+        allowed = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril() & allowed
     if attn_implementation == "eager":
         return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
     if attn_implementation != "sdpa":
-        raise ValueError(f"user_input: item_vectors needs a custom attention mask, which {attn_implementation!r} "
-                         "does not take; load the backbone with sdpa or eager attention.")
+        raise ValueError(f"The towers pass a 4D attention mask, which {attn_implementation!r} attention does not "
+                         "take; load the backbone with sdpa or eager attention.")
     return allowed
 
 
@@ -241,6 +246,7 @@ class TwoTower(nn.Module):
         for name in self.adapters[1:]:
             self.encoder.add_adapter(name, lora)
         self._adapter_params = [p for n, p in self.encoder.named_parameters() if "lora_" in n]
+        self._causal = any(getattr(m, "is_causal", False) for m in backbone.modules())  # a decoder's text attention
         self._blocks = block_list(self.encoder) if config.user_layers is not None else None  # found once
         self.heads = nn.ModuleDict({t: self._head(hidden) for t in ("item", "user")})
         if config.item_id_embeddings:
@@ -282,15 +288,17 @@ class TwoTower(nn.Module):
         if len(groups) == 1:
             return self._encode_padded(tower, attention_mask, **inputs)
         # Each row's vector depends on its own tokens only, so encoding groups separately changes no result.
-        vectors = [self._encode_padded(tower, **trim({"attention_mask": attention_mask[rows],
-                                                       **{k: v[rows] for k, v in inputs.items()}}))
-                   for rows in groups]
+        parts = [trim({"attention_mask": attention_mask[rows], **{k: v[rows] for k, v in inputs.items()}})
+                 for rows in groups]
+        vectors = [self._encode_padded(tower, part.pop("attention_mask"), **part) for part in parts]
         return torch.cat(vectors)[torch.argsort(torch.cat(groups))]
 
-    def _encode_padded(self, tower: str, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
-        with attention_kernels(attention_mask.device, self.config.gradient_checkpointing):
-            hidden = self.encoder(attention_mask=attention_mask, **inputs).last_hidden_state  # (B, T, H)
-        pooled = pool(hidden, attention_mask, self.config.pooling_of(tower))
+    def _encode_padded(self, tower: str, padding: torch.Tensor, **inputs) -> torch.Tensor:
+        dtype = self.encoder.get_input_embeddings().weight.dtype
+        attention = attention_mask(padding, self.encoder.config._attn_implementation, dtype, self._causal)
+        with attention_kernels(padding.device, self.config.gradient_checkpointing):
+            hidden = self.encoder(attention_mask=attention, **inputs).last_hidden_state  # (B, T, H)
+        pooled = pool(hidden, padding, self.config.pooling_of(tower))
         return F.normalize(self.heads[tower](pooled).float(), dim=-1)
 
     def encode_item_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -339,7 +347,7 @@ class TwoTower(nn.Module):
         words = self.encoder.get_input_embeddings()(prefix_ids)  # (B, P, H)
         items = self.history_in(history.to(self.history_in.weight.dtype)).to(words.dtype)  # (B, L, H)
         mask = torch.cat([prefix_mask, history_mask.to(prefix_mask.dtype)], dim=1)  # (B, T)
-        attention = causal_mask(mask, self.encoder.config._attn_implementation, words.dtype)
+        attention = attention_mask(mask, self.encoder.config._attn_implementation, words.dtype, causal=True)
         positions = {"position_ids": (mask.cumsum(1) - 1).clamp(min=0)} if self._takes_positions else {}
         with (attention_kernels(words.device, self.config.gradient_checkpointing),
               first_blocks(self._blocks, self.config.user_layers)):

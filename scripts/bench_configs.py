@@ -11,36 +11,18 @@ their config sets, so time enough steps to include refreshes (ML-100K refreshes 
 
 from __future__ import annotations
 
-import multiprocessing
-import sys
 import tempfile
-from pathlib import Path
 
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py sits at the repository root
-
-from recsys_tt.cli import run  # noqa: E402
+from recsys_tt.cli import run
+from recsys_tt.step_timer import in_own_process, timed_fit
 
 DEFAULT_RUNS = {
     "ML-100K, ml100k_minilm.yaml": ["configs/ml100k_minilm.yaml"],
     "ML-1M, ml100k_minilm.yaml": ["configs/ml100k_minilm.yaml", "--data.dataset", "ml-1m"],
     "ML-1M, ml1m_minilm.yaml": ["configs/ml1m_minilm.yaml"],
 }
-
-
-def _run(args: list[str], steps: int, warmup: int, queue) -> None:
-    from recsys_tt.step_timer import StepTimer
-    from train import main
-
-    with tempfile.TemporaryDirectory() as root:
-        cli = main(["fit", "--config", *args, "--trainer.max_steps", str(warmup + steps),
-                    "--trainer.limit_val_batches", "0", "--test_after_fit", "false",
-                    "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", root,
-                    "--trainer.callbacks+", f'{{"class_path": "recsys_tt.step_timer.StepTimer", '
-                                           f'"init_args": {{"warmup": {warmup}}}}}'])
-        timer = next(c for c in cli.trainer.callbacks if isinstance(c, StepTimer))
-        queue.put(timer.report())
 
 
 def main(runs: dict[str, list[str]] | None = None, steps: int = 100, warmup: int = 5) -> None:
@@ -51,16 +33,13 @@ def main(runs: dict[str, list[str]] | None = None, steps: int = 100, warmup: int
         steps: timed steps per run.
         warmup: untimed steps first (the first catalog encoding falls here).
     """
-    context = multiprocessing.get_context("spawn")
     rows = []
-    for name, args in tqdm((runs or DEFAULT_RUNS).items(), desc="configs", unit="run"):
-        queue = context.Queue()
-        process = context.Process(target=_run, args=(args, steps, warmup, queue))
-        process.start()
-        process.join()
-        if queue.empty():
-            raise RuntimeError(f"Run {name!r} failed (exit code {process.exitcode}); its error is printed above.")
-        rows.append((name, queue.get()))
+    with tempfile.TemporaryDirectory() as root:
+        for name, args in tqdm((runs or DEFAULT_RUNS).items(), desc="configs", unit="run"):
+            report = in_own_process(timed_fit, args, steps, warmup, root)
+            if "error" in report:
+                raise RuntimeError(f"Run {name!r} {report['error']}; its error is printed above.")
+            rows.append((name, report))
     print(f"\n{'run':<36} {'s/step':>7} {'targets/s':>10} {'peak RSS GB':>12}")
     for name, report in rows:
         print(f"{name:<36} {1 / report['steps_per_s']:>7.2f} {report['targets_per_s']:>10.0f} "

@@ -1,34 +1,43 @@
-"""GPU check: bf16 training speed and memory of the GPU config, then export, scoring and evaluation on the GPU.
+"""GPU check: training speed of the GPU configs (steps/s, targets/s, TFLOP/s, share of the chip's peak, memory),
+then export, scoring and evaluation on the GPU with the first row's weights.
 
-    python scripts/gpu_check.py                                # a Qwen2.5-0.5B-shaped decoder with random weights
-    python scripts/gpu_check.py --backbone Qwen/Qwen2.5-0.5B   # a real model (HF cache or a local folder)
+    python scripts/gpu_check.py                                 # every row below, random-weight decoder
+    python scripts/gpu_check.py --decoder Qwen/Qwen2.5-0.5B     # the decoder rows with a real model
+    python scripts/gpu_check.py --rows '["ML-1M MiniLM"]' --budget_s 120
 
-With no backbone it builds a decoder of Qwen2.5-0.5B's shape (24 layers, width 896, grouped-query attention) with
-random weights and the given tokenizer, so it runs on a machine that cannot download; speed and memory are those
-of the real shape (apart from the smaller vocabulary), the metrics mean nothing. Steps run through train.py with
-configs/ml100k_qwen_gpu.yaml (DDP) or --config configs/ml100k_qwen_fsdp.yaml on one device, with the config's
-strategy, so the check covers what users launch. The export uses GPU FAISS
-when faiss-gpu is installed. A few minutes on one GPU; prints a table and writes gpu_check.json under --out.
+Rows: the ML-1M MiniLM GPU config, and a Qwen2.5-0.5B-shaped decoder (configs/ml100k_qwen_gpu.yaml) under DDP on
+one device with and without gradient checkpointing, and under FSDP (configs/ml100k_qwen_fsdp.yaml). With no
+``--decoder`` the decoder has random weights of the real shape (24 layers, width 896, grouped-query attention) and
+MiniLM's tokenizer, so it runs on a machine that cannot download; speed and memory are those of the real shape
+(apart from the smaller vocabulary). Each row runs ``train.py fit`` in its own process for ``warmup + steps`` steps,
+timed after the warm-up by ``recsys_tt.step_timer.StepTimer``; rows not started within ``budget_s`` are skipped.
+Prints a table and writes gpu_check.json under --out.
 """
 
 from __future__ import annotations
 
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py sits at the repository root
+from recsys_tt.backbone import load_tokenizer
+from recsys_tt.cli import run
+from recsys_tt.export import export_model
+from recsys_tt.scoring import evaluate_recommendations, score_users
+from recsys_tt.step_timer import in_own_process, timed_fit
 
-import train  # noqa: E402
-from recsys_tt.backbone import load_tokenizer  # noqa: E402
-from recsys_tt.cli import run  # noqa: E402
-from recsys_tt.export import export_model  # noqa: E402
-from recsys_tt.scoring import evaluate_recommendations, score_users  # noqa: E402
-from recsys_tt.step_timer import StepTimer  # noqa: E402
+DECODER = "{decoder}"  # stands for the decoder's folder in ROWS
+ROWS = {
+    "ML-1M MiniLM": ["configs/ml1m_minilm_gpu.yaml"],
+    "decoder DDP, checkpointing": ["configs/ml100k_qwen_gpu.yaml", "--model.tower.backbone", DECODER,
+                                   "--model.tower.gradient_checkpointing", "true"],
+    "decoder DDP, no checkpointing": ["configs/ml100k_qwen_gpu.yaml", "--model.tower.backbone", DECODER,
+                                      "--model.tower.gradient_checkpointing", "false"],
+    "decoder FSDP, checkpointing": ["configs/ml100k_qwen_fsdp.yaml", "--model.tower.backbone", DECODER],
+}
 
 
 def random_decoder(folder: Path, tokenizer: str, layers: int, width: int) -> str:
@@ -63,75 +72,64 @@ def _environment(accelerator: str) -> dict[str, str]:
             "lightning": pytorch_lightning.__version__, "faiss": faiss_kind}
 
 
-def _train(args: list[str], accelerator: str, steps: int, warmup: int, out: Path) -> tuple[dict, Path]:
-    """Runs ``warmup + steps`` steps of train.py fit, times them, then the full test; returns (numbers, ckpt)."""
-    timer = json.dumps({"class_path": "recsys_tt.step_timer.StepTimer", "init_args": {"warmup": warmup}})
-    cli = train.main(["fit", *args, "--test_after_fit", "false",
-                      "--trainer.accelerator", accelerator, "--trainer.devices", "1",
-                      "--trainer.max_steps", str(warmup + steps), "--trainer.limit_val_batches", "0",
-                      "--trainer.logger.init_args.save_dir", str(out), f"--trainer.callbacks+={timer}"])
-    numbers = next(c for c in cli.trainer.callbacks if isinstance(c, StepTimer)).report()
-    started = time.perf_counter()
-    tested = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
-    numbers |= {"test_seconds": time.perf_counter() - started, "test_ndcg@10": tested["test/ndcg@10"],
-                "precision": str(cli.trainer.precision), "batch_windows": cli.datamodule.hparams.batch_size,
-                "history_len": cli.datamodule.hparams.history_len,
-                "gradient_checkpointing": cli.model.model.config.gradient_checkpointing}
-    checkpoint = out / "gpu_check.ckpt"
-    cli.trainer.save_checkpoint(checkpoint)
-    return numbers, checkpoint
-
-
-def main(backbone: str | None = None, tokenizer: str = "minilm", layers: int = 24, width: int = 896,
-         steps: int = 40, warmup: int = 5, config: str = "configs/ml100k_qwen_gpu.yaml",
-         batch_size: int | None = None, gradient_checkpointing: bool | None = None, factory: str = "Flat",
-         export: bool = True, profiler: str | None = None, accelerator: str = "gpu",
+def main(rows: list[str] | None = None, decoder: str | None = None, tokenizer: str = "minilm", layers: int = 24,
+         width: int = 896, steps: int = 30, warmup: int = 5, budget_s: float = 420.0, peak_tflops: float = 790.0,
+         export: bool = True, factory: str = "Flat", accelerator: str = "gpu", overrides: list[str] | None = None,
          out: str = "runs/gpu_check") -> None:
-    """Time bf16 training steps of the GPU config, then export, score and evaluate with the result.
+    """Time the rows' training steps, then export, score and evaluate the first row's weights.
 
     Args:
-        backbone: model name or folder; None builds a random-weight decoder of ``layers`` x ``width``.
+        rows: names of ROWS to run, in order (None: all).
+        decoder: model name or folder of the decoder rows; None builds a random-weight decoder of ``layers`` x
+            ``width``.
         tokenizer: tokenizer of the random-weight decoder.
         layers: layers of the random-weight decoder (24 = Qwen2.5-0.5B).
         width: hidden size of the random-weight decoder (896 = Qwen2.5-0.5B).
-        steps: timed training steps.
-        warmup: untimed steps first (compilation of kernels, allocator growth).
-        config: the training config to run (its trainer settings, reduced to one device).
-        batch_size: overrides the config's training windows per step.
-        gradient_checkpointing: overrides the config's gradient checkpointing.
-        factory: FAISS index of the export (Flat and IVF have GPU versions; HNSW builds on the CPU). With Flat the
-            offline metrics must equal the test metrics of training.
-        export: export, score and evaluate after training.
-        profiler: a Lightning profiler ("simple", "advanced", "pytorch") whose report fit prints.
+        steps: timed training steps per row.
+        warmup: untimed steps first (kernel selection, allocator growth); the last one's FLOPs are counted.
+        budget_s: no row starts after this many seconds, and a row still running then is stopped.
+        peak_tflops: the chip's dense bf16 rate that "share of peak" divides by (790: an 8192^3 bf16 matmul on an
+            H200, as measured through PyTorch).
+        export: export the first row's weights, score every user offline and evaluate: with Flat, the offline
+            NDCG@10 must equal the test NDCG@10 of training.
+        factory: FAISS index of the export (Flat and IVF have GPU versions; HNSW builds on the CPU).
         accelerator: "gpu"; "cpu" rehearses the script on a machine without one.
-        out: folder for the run, the export, the recommendations and gpu_check.json.
+        overrides: train.py options added to every row, e.g. ``["--data.batch_size", "32"]``.
+        out: folder for the runs, the export, the recommendations and gpu_check.json.
     """
-    root = Path(out)
+    started, root = time.monotonic(), Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    report = {"environment": _environment(accelerator)}
+    report: dict = {"environment": _environment(accelerator), "rows": {}}
     print(json.dumps(report["environment"]), flush=True)
-    if backbone is None:
-        backbone = random_decoder(root / "backbone", tokenizer, layers, width)
-        report["backbone"] = f"random Qwen2 decoder, {layers} layers x {width}"
-    else:
-        report["backbone"] = backbone
-    args = ["--config", config, "--model.tower.backbone", backbone]
-    if batch_size is not None:
-        args += ["--data.batch_size", str(batch_size)]
-    if gradient_checkpointing is not None:
-        args += ["--model.tower.gradient_checkpointing", str(gradient_checkpointing).lower()]
-    if profiler is not None:
-        args += ["--trainer.profiler", profiler]
-    report["train"], checkpoint = _train(args, accelerator, steps, warmup, root)
-    if export:
-        report["export_score"] = _export_score(checkpoint, factory, accelerator, root)
-    if torch.distributed.is_initialized():  # the DDP config's one-process group; free its port for later jobs
-        torch.distributed.destroy_process_group()
+    names = rows or list(ROWS)
+    unknown = [name for name in names if name not in ROWS]
+    if unknown:
+        raise ValueError(f"Unknown rows {unknown}; the rows are {list(ROWS)}.")
+    if any(DECODER in ROWS[name] for name in names):
+        decoder = decoder or random_decoder(root / "backbone", tokenizer, layers, width)
+        report["decoder"] = decoder
+    for index, name in enumerate(names):
+        left = budget_s - (time.monotonic() - started)
+        if left <= 0:
+            print(f"skipped {name!r}: the {budget_s:.0f} s budget is spent", flush=True)
+            continue
+        args = [decoder if a == DECODER else a for a in ROWS[name]] + list(overrides or [])
+        args += ["--trainer.accelerator", accelerator, "--trainer.devices", "1"]
+        report["rows"][name] = in_own_process(timed_fit, args, steps, warmup, str(root / f"row{index}"),
+                                              export and index == 0, timeout=left)
+        print(f"{name}: {report['rows'][name]}", flush=True)
+    _add_peak_share(report["rows"], peak_tflops)
+    first = root / "row0" / "timed.ckpt"
+    if export and first.exists():
+        report["export_score"] = _export_score(first, factory, accelerator, root)
     (root / "gpu_check.json").write_text(json.dumps(report, indent=2))
-    print(f"\n{'measure':<28} value")
-    for section in ("train", "export_score"):
-        for name, value in report.get(section, {}).items():
-            print(f"{name:<28} {value:.4g}" if isinstance(value, float) else f"{name:<28} {value}")
+    _print_table(report)
+
+
+def _add_peak_share(rows: dict[str, dict], peak_tflops: float) -> None:
+    for numbers in rows.values():
+        if "tflop_per_s" in numbers:
+            numbers["peak_share"] = numbers["tflop_per_s"] / peak_tflops
 
 
 def _export_score(checkpoint: Path, factory: str, accelerator: str, root: Path) -> dict:
@@ -147,6 +145,20 @@ def _export_score(checkpoint: Path, factory: str, accelerator: str, root: Path) 
     meta = json.loads((folder / "meta.json").read_text())
     return {"export_seconds": export_seconds, "score_seconds": score_seconds, "offline_ndcg@10": offline["ndcg@10"],
             "ann_recall_at_10": meta["ann_recall_at_10"]["value"]}
+
+
+def _print_table(report: dict) -> None:
+    print(f"\n{'row':<32} {'steps/s':>8} {'targets/s':>10} {'GFLOP/tgt':>9} {'TFLOP/s':>8} {'% peak':>7} "
+          f"{'GPU GB':>7} {'RSS GB':>7}")
+    for name, n in report["rows"].items():
+        if "error" in n:
+            print(f"{name:<32} {n['error']}")
+            continue
+        print(f"{name:<32} {n['steps_per_s']:>8.2f} {n['targets_per_s']:>10.0f} {n.get('gflop_per_target', 0):>9.3f} "
+              f"{n.get('tflop_per_s', 0):>8.2f} {100 * n.get('peak_share', 0):>7.2f} {n.get('peak_cuda_gb', 0):>7.2f} "
+              f"{n['peak_rss_gb']:>7.2f}")
+    for name, value in report.get("export_score", {}).items():
+        print(f"{name:<28} {value:.4g}" if isinstance(value, float) else f"{name:<28} {value}")
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def train_args(root: Path, paths: dict, backbone: str, max_steps: int, *extra: s
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, tiny_bert):
     """A 4-step tiny-BERT training run on the tiny dataset: (the tested checkpoint, its test metrics)."""
-    from train import main
+    from recsys_tt.lightning_cli import main
 
     root = tmp_path_factory.mktemp("trained")
     paths = write_tiny_dataset(root / "data")

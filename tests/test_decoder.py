@@ -8,9 +8,9 @@ from conftest import train_args as _args
 
 from recsys_tt.export import export_model
 from recsys_tt.export_folder import ExportFolder
+from recsys_tt.lightning_cli import main
 from recsys_tt.recommender import Recommender, RecommendRequest
 from recsys_tt.scoring import evaluate_recommendations, score_users
-from train import main
 
 
 @pytest.mark.parametrize("user_input", ["item_vectors", "text"])

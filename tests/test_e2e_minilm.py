@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from recsys_tt.data import LeaveOneOut, load_interaction_data
+from recsys_tt.lightning_cli import main
 from recsys_tt.movielens import ensure_movielens
-from train import main
 
 pytestmark = pytest.mark.slow
 

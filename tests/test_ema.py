@@ -10,7 +10,7 @@ import torch
 from conftest import train_args as _args
 
 from recsys_tt.ema import TrainableEMA
-from train import main
+from recsys_tt.lightning_cli import main
 
 DECAY = 0.5
 EMA = json.dumps({"class_path": "recsys_tt.ema.TrainableEMA", "init_args": {"decay": DECAY}})

@@ -16,9 +16,9 @@ from recsys_tt.catalog import add_items
 from recsys_tt.export import export_model
 from recsys_tt.export_folder import ExportFolder, hashed_files
 from recsys_tt.index import build_index, exact_top_k, recall_against_exact
+from recsys_tt.lightning_cli import main
 from recsys_tt.retrieval import search_excluding
 from recsys_tt.scoring import evaluate_recommendations, score_users
-from train import main
 
 
 def test_export_folder_describes_itself(flat_export, trained):

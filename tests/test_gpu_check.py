@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-
-import gpu_check  # noqa: E402
-
 pytestmark = pytest.mark.slow  # real MovieLens-100K through the GPU config
 
 
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, f"scripts/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_gpu_check_times_training_and_reproduces_its_metrics_offline(tmp_path):
-    gpu_check.main(layers=1, width=64, steps=2, warmup=1, batch_size=32, accelerator="cpu", out=str(tmp_path))
+    gpu_check = _script("gpu_check")
+    gpu_check.main(rows=["decoder DDP, checkpointing", "decoder FSDP, checkpointing"], layers=1, width=64, steps=2,
+                   warmup=1, accelerator="cpu", overrides=["--data.batch_size", "32"], out=str(tmp_path))
     report = json.loads((tmp_path / "gpu_check.json").read_text())
-    train, offline = report["train"], report["export_score"]
+    train, offline = report["rows"]["decoder DDP, checkpointing"], report["export_score"]
     assert train["steps_per_s"] > 0 and train["targets_per_s"] > train["steps_per_s"]
+    assert train["gflop_per_target"] > 0 and 0 < train["peak_share"] < 1
     assert train["precision"] == "bf16-mixed" and train["gradient_checkpointing"] is True
     assert offline["offline_ndcg@10"] == pytest.approx(train["test_ndcg@10"], abs=1e-6)
     assert offline["ann_recall_at_10"] == 1.0
-    assert not torch.distributed.is_initialized()  # the one-process DDP group is gone, its port free
+    # FSDP needs a GPU: on the CPU its row reports the failure and the check goes on
+    assert "exit code 1" in report["rows"]["decoder FSDP, checkpointing"]["error"]
+    assert not torch.distributed.is_initialized()
+
+
+def test_gpu_check_refuses_an_unknown_row(tmp_path):
+    with pytest.raises(ValueError, match="Unknown rows"):
+        _script("gpu_check").main(rows=["nope"], accelerator="cpu", out=str(tmp_path))

@@ -14,12 +14,12 @@ from conftest import train_args, write_tiny_dataset
 
 from recsys_tt.checkpoint_files import read_checkpoint
 from recsys_tt.explore import ExplorationConfig
+from recsys_tt.lightning_cli import main
 from recsys_tt.logged_clicks import read_logged_clicks
 from recsys_tt.loss import LossConfig, click_weights, effective_sample_share, sampled_softmax_loss
 from recsys_tt.module import TwoTowerModule
 from recsys_tt.recommender import Recommender, RecommendRequest, ServingConfig
 from recsys_tt.towers import TowerConfig, sub_state
-from train import main
 
 CLICK_RATES = np.array([0.3, 0.6, 0.3, 0.1])  # item 1 is the one users like best
 LOGGING = np.array([0.7, 0.1, 0.1, 0.1])  # but the logging policy mostly showed item 0

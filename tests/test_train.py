@@ -14,8 +14,8 @@ import torch
 from conftest import TINY_TEMPLATES, undocumented_options
 from conftest import train_args as _args
 
+from recsys_tt.lightning_cli import main
 from recsys_tt.towers import is_base_weight
-from train import main
 
 CONFIGS = sorted(p for p in Path(__file__).parents[1].joinpath("configs").glob("*.yaml")
                  if not p.name.startswith("serve"))  # serving configs: tests/test_serving.py
