@@ -169,7 +169,7 @@ class InBatchSoftmax(nn.Module):
     def __init__(self, config: LossConfig, num_items: int) -> None:
         super().__init__()
         self.config = config
-        log_t = torch.tensor(math.log(config.temperature))
+        log_t = torch.tensor([math.log(config.temperature)])  # (1,): FSDP shards no 0-dim parameter
         self.log_temperature = nn.Parameter(log_t, requires_grad=config.learn_temperature)
         self.register_buffer("item_probs", torch.full((num_items,), 1.0 / num_items), persistent=False)
         self.memory: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (vectors, ids, logq), newest first
@@ -191,7 +191,13 @@ class InBatchSoftmax(nn.Module):
     @property
     def temperature(self) -> torch.Tensor:
         bounds = (math.log(self.config.min_temperature), math.log(self.config.max_temperature))
-        return self.log_temperature.clamp(*bounds).exp()
+        return self.log_temperature.clamp(*bounds).exp().squeeze(0)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        key = prefix + "log_temperature"
+        if key in state_dict and state_dict[key].dim() == 0:  # checkpoints from before it was (1,)
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, user: torch.Tensor, item: torch.Tensor, positive: torch.Tensor, items: torch.Tensor,
                 weight: torch.Tensor | None = None) -> torch.Tensor:
