@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from recsys_tt.batches import MixedBatches, StepBatches, training_examples, training_windows
+from recsys_tt.batches import MixedBatches, StepBatches, StepLoader, training_examples, training_windows
 
 
 def test_windows_tile_every_target_once_with_the_latest_window_full():
@@ -102,3 +103,16 @@ def test_mixed_batches_spread_one_source_over_a_share_of_steps_and_resume():
     assert list(mixed) == epoch[20:]  # a resumed run continues with the same batches
     with pytest.raises(ValueError, match="share must be in"):
         MixedBatches(source(0), source(100), share=1.0, current_step=lambda: 0)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_step_loader_yields_the_batches_in_step_order_and_resumes_mid_epoch(workers):
+    step = {"now": 0}
+    batches = StepBatches(np.arange(30).reshape(15, 2), lambda x: torch.as_tensor(x[:, 0]), batch_size=2, seed=1,
+                          rank=0, world_size=1, current_step=lambda: step["now"])
+    loader = StepLoader(batches, workers=workers, pin_memory=False)
+    expected = [b.tolist() for b in batches]
+    assert [b.tolist() for b in loader] == expected and len(loader) == 7
+    step["now"] = 10  # epoch 1, step 3: a resumed run continues with the batches of the uninterrupted one
+    assert [b.tolist() for b in loader] == [batches.batch_at(s).tolist() for s in range(10, 14)]
+    assert loader.state_dict() == batches.state_dict()

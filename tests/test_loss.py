@@ -153,3 +153,11 @@ def test_catalog_negatives_are_the_full_softmax_without_logq():
     assert got.item() == pytest.approx(_reference(user, item, positive, 0.1), rel=1e-5)
     with pytest.raises(ValueError, match="memory_size: 0"):
         LossConfig(negatives="catalog", memory_size=8)
+
+
+def test_a_checkpoint_with_the_older_scalar_temperature_loads():
+    old = {"log_temperature": torch.tensor(math.log(0.07))}  # saved before the parameter became (1,) for FSDP
+    module = InBatchSoftmax(LossConfig(), num_items=3)
+    module.load_state_dict(old)
+    assert module.log_temperature.shape == (1,) and module.temperature.item() == pytest.approx(0.07)
+    assert module.temperature.dim() == 0  # logged and divided by as a scalar
