@@ -128,6 +128,12 @@ class MixedBatches:
         warn_if_changed(state, self.state_dict())
 
 
+def target_count(batch: dict) -> torch.Tensor:
+    """The targets of a training batch (its non-padding positives), as a tensor on the batch's device: reading it
+    on the host would make a GPU step wait."""
+    return (batch["positive"] >= 0).sum()
+
+
 def rest_of_epoch(step: int, steps_per_epoch: int) -> range:
     """The steps from ``step`` to the end of its epoch: where a (resumed) loader's iteration runs."""
     epoch = step // steps_per_epoch
@@ -161,7 +167,7 @@ class StepLoader(DataLoader):
                          prefetch_factor=4 if workers else None, multiprocessing_context=context)
         self.batches = batches
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[dict]:
         self.dataset.start = self.batches.current_step()  # read here: workers see a copy of the trainer
         return super().__iter__()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -209,6 +209,9 @@ class RecDataModule(pl.LightningDataModule):
                 "target": torch.as_tensor(self.split.targets(stage)[users])}
 
     def train_dataloader(self) -> Iterable[dict]:
+        return step_loader(self._train_batches(), self.hparams.num_workers, self.hparams.pin_memory)
+
+    def _train_batches(self) -> StepBatches | MixedBatches:
         trainer, hp = self.trainer, self.hparams
 
         def step() -> int:
@@ -220,18 +223,14 @@ class RecDataModule(pl.LightningDataModule):
 
         examples = self._mode.training_examples(self.split.train, hp.history_len, hp.min_history)
         log.info("%d training examples for %s users", len(examples), self._mode.name)
-        return step_loader(self._train_batches(examples, batches), hp.num_workers, hp.pin_memory)
-
-    def _train_batches(self, examples: np.ndarray, batches: Callable) -> StepBatches | MixedBatches:
         if self.logged_clicks is None:
             return batches(examples, self.train_batch)
-        log.info("%d logged clicks from %s (%.0f%% of the steps)", len(self.logged_clicks), self.hparams.logs,
-                 100 * self.hparams.logs_share)
+        log.info("%d logged clicks from %s (%.0f%% of the steps)", len(self.logged_clicks), hp.logs,
+                 100 * hp.logs_share)
         logged = batches(np.arange(len(self.logged_clicks))[:, None], self.log_batch)
-        if self.hparams.logs_share == 1:
+        if hp.logs_share == 1:
             return logged
-        return MixedBatches(logged, batches(examples, self.train_batch), self.hparams.logs_share,
-                            logged.current_step)
+        return MixedBatches(logged, batches(examples, self.train_batch), hp.logs_share, step)
 
     def _eval_loader(self, stage: str) -> DataLoader:
         users = np.flatnonzero(self.split.targets(stage) >= 0)

@@ -85,7 +85,7 @@ class TwoTowerModule(pl.LightningModule):
             log.info("Starting from the weights of %s", path)
         self.strict_loading = False  # checkpoints leave out the frozen backbone
         self.item_tokens: dict[str, torch.Tensor] | None = None
-        self._device_item_tokens: dict[str, torch.Tensor] | None = None  # item_tokens on an accelerator (fixed shapes)
+        self._device_item_tokens: dict[str, torch.Tensor] | None = None  # item_tokens on the model's device
         self.item_text_cache: torch.Tensor | None = None  # (N, D) detached catalog text vectors, refreshed in training
         self.cache_step = 0  # the training step that encoded item_text_cache
         self.catalog_text: torch.Tensor | None = None  # (N, D) text vectors during evaluation
@@ -120,15 +120,13 @@ class TwoTowerModule(pl.LightningModule):
         return Encoder(self.model, self.item_tokens, precision, self.hparams.item_chunk_size)
 
     def _item_tokens(self, items: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The tokens of items (M,), on the model's device. With ``tower.bucket_rows`` set they are cut to the
-        longest selected text, which reads the lengths on the host; with null they keep the catalog's padded width,
-        a fixed shape that an accelerator computes without waiting for the host."""
-        if self.model.config.bucket_rows is None:
-            if self._device_item_tokens is None or self._device_item_tokens["input_ids"].device != items.device:
-                self._device_item_tokens = {k: v.to(items.device) for k, v in self.item_tokens.items()}
-            return {name: values[items] for name, values in self._device_item_tokens.items()}
-        tokens = trim({k: v[items.cpu()] for k, v in self.item_tokens.items()})
-        return {name: values.to(self.device) for name, values in tokens.items()}
+        """The tokens of items (M,), on their device. With ``tower.bucket_rows`` set they are cut to the longest
+        selected text, which reads the lengths on the host; with null they keep the catalog's padded width, a fixed
+        shape that an accelerator computes without waiting for the host."""
+        if self._device_item_tokens is None or self._device_item_tokens["input_ids"].device != items.device:
+            self._device_item_tokens = {k: v.to(items.device) for k, v in self.item_tokens.items()}
+        tokens = {name: values[items] for name, values in self._device_item_tokens.items()}
+        return tokens if self.model.config.bucket_rows is None else trim(tokens)
 
     def batch_item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         """(M,) in-batch items -> (M, D) vectors; at most ``fresh_items`` random ones are encoded with gradients.

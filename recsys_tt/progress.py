@@ -8,6 +8,8 @@ import time
 
 import pytorch_lightning as pl
 
+from recsys_tt.batches import target_count
+
 log = logging.getLogger(__name__)
 
 
@@ -33,7 +35,7 @@ class ProgressLog(pl.Callback):
         self.first_step, self.targets = trainer.global_step, 0
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx) -> None:
-        self.targets = self.targets + (batch["positive"] >= 0).sum()  # stays on the device until a line is due
+        self.targets = self.targets + target_count(batch)  # read only when a line is due
         now = time.monotonic()
         if now - self.last < self.every_s or not trainer.is_global_zero:
             return

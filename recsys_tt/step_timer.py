@@ -1,5 +1,5 @@
-"""A callback that times training steps after a warm-up, counts a step's FLOPs and reads peak memory, for benchmarks
-and GPU checks."""
+"""Timing training for benchmarks and GPU checks: a callback that times steps after a warm-up, counts a step's FLOPs
+and reads peak memory, and a short timed ``train.py fit`` that runs in a process of its own."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from recsys_tt.batches import target_count
 
 
 class StepTimer(pl.Callback):
@@ -40,14 +42,13 @@ class StepTimer(pl.Callback):
             self.started = time.perf_counter()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        targets = (batch["positive"] >= 0).sum()
         if self._counter is not None:
             self._counter.__exit__(None, None, None)
-            self.flops_per_target = self._counter.get_total_flops() / max(int(targets), 1)
+            self.flops_per_target = self._counter.get_total_flops() / max(int(target_count(batch)), 1)
             self._counter = None
         if self.started is not None and not self.seconds:
             self.steps += 1
-            self.targets = self.targets + targets  # on the device: reading it now would wait for the step
+            self.targets = self.targets + target_count(batch)
             if trainer.global_step >= trainer.max_steps > 0:
                 self._stop(module)
 
