@@ -10,7 +10,8 @@ The folder is checked before the server listens; a mismatched or incomplete one 
 from __future__ import annotations
 
 from recsys_tt.cli import log_to_console, run
-from recsys_tt.recommender import Recommender, ServingConfig
+from recsys_tt.serving.recommender import Recommender
+from recsys_tt.serving.requests import ServingConfig
 
 
 def main(export: str, host: str = "127.0.0.1", port: int = 8000, log_dir: str | None = None,
@@ -26,7 +27,7 @@ def main(export: str, host: str = "127.0.0.1", port: int = 8000, log_dir: str | 
     """
     import uvicorn
 
-    from recsys_tt.http_api import create_app
+    from recsys_tt.serving.http_api import create_app
 
     log_to_console()
     recommender = Recommender.load(export, serving, log_dir=log_dir)

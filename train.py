@@ -8,7 +8,7 @@ GPUs, decoder LLM, DDP on all:        python train.py fit --config configs/ml100
 Every option:                         python train.py fit --help
 """
 
-from recsys_tt.lightning_cli import run
+from recsys_tt.training.lightning_cli import run
 
 if __name__ == "__main__":
     run()

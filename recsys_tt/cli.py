@@ -10,10 +10,9 @@ from collections.abc import Callable, Iterator
 
 from jsonargparse import auto_cli, set_parsing_settings
 
-from recsys_tt.data import DataError
-
-# What bad input or a wrong path raises; its message says what to fix, so a traceback only hides it.
-USER_ERRORS = (DataError, ValueError, FileNotFoundError, FileExistsError)
+# What bad input or a wrong path raises (recsys_tt's DataError is a ValueError); its message says what to fix, so a
+# traceback only hides it.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 
 
 @contextlib.contextmanager

@@ -1,16 +1,10 @@
-"""Training curves as a PNG next to the logged metrics, written when fitting ends."""
+"""Every PNG the project writes: training curves, exploration, retraining and new-user results (no Lightning)."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pandas as pd
-import pytorch_lightning as pl
-from pytorch_lightning.loggers import CSVLogger
-from pytorch_lightning.utilities import rank_zero_only
-
-log = logging.getLogger(__name__)
 
 
 def _pyplot():
@@ -47,22 +41,6 @@ def plot_curves(metrics_csv: str | Path, out: str | Path, metric: str = "ndcg@10
     if right.get_legend_handles_labels()[0]:  # a run without validation has nothing to label
         right.legend()
     return _save(plt, fig, out)
-
-
-class PlotCurves(pl.Callback):
-    """Writes ``curves.png`` into the CSV logger's folder at the end of ``fit``."""
-
-    @rank_zero_only
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        logger = trainer.logger
-        if not isinstance(logger, CSVLogger):  # e.g. fast_dev_run's dummy logger, which answers every attribute
-            return
-        logger.save()
-        if not Path(logger.experiment.metrics_file_path).exists():  # a run shorter than log_every_n_steps
-            log.info("No metrics were logged, so no curves are plotted.")
-            return
-        path = plot_curves(logger.experiment.metrics_file_path, Path(logger.log_dir) / "curves.png")
-        log.info("Training curves written to %s", path)
 
 
 def plot_exploration(results: dict[str, dict], out: str | Path) -> Path:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 
-from recsys_tt.catalog import add_items
 from recsys_tt.cli import run
+from recsys_tt.export.catalog import add_items
 
 
 def main(export: str, items: str) -> None:

@@ -4,9 +4,9 @@
     python scripts/bench_configs.py --steps 50 --runs '{"b32": ["configs/ml1m_minilm.yaml", "--data.batch_size", "32"]}'
 
 Each run is `train.py fit` with the given arguments, no validation or test, for ``warmup + steps`` steps, the last
-``steps`` of them timed by ``recsys_tt.step_timer.StepTimer``: catalog refreshes and the EMA callback count at the rate
-their config sets, so time enough steps to include refreshes (ML-100K refreshes every 20 steps, ML-1M's config every
-50).
+``steps`` of them timed by ``recsys_tt.training.step_timer.StepTimer``: catalog refreshes and the EMA callback count at
+the rate their config sets, so time enough steps to include refreshes (ML-100K refreshes every 20 steps, ML-1M's
+config every 50).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import tempfile
 from tqdm.auto import tqdm
 
 from recsys_tt.cli import run
-from recsys_tt.step_timer import in_own_process, timed_fit
+from recsys_tt.training.step_timer import in_own_process, timed_fit
 
 DEFAULT_RUNS = {
     "ML-100K, ml100k_minilm.yaml": ["configs/ml100k_minilm.yaml"],

@@ -23,7 +23,8 @@ from recsys_tt.cli import log_to_console, run
 _LOAD = """
 import sys, time
 started = time.perf_counter()
-from recsys_tt.recommender import Recommender, RecommendRequest
+from recsys_tt.serving.recommender import Recommender
+from recsys_tt.serving.requests import RecommendRequest
 recommender = Recommender.load(sys.argv[1])
 loaded = time.perf_counter()
 recommender.recommend(RecommendRequest(user_id=str(recommender.export.users["user_id"].iloc[0]), k=10))
@@ -43,7 +44,7 @@ def main(checkpoint: str, out: str = "/tmp/recsys_tt_bench_export", repeats: int
         out: where the export is written (replaced).
         repeats: fresh-process loads to time.
     """
-    from recsys_tt.export import export_model
+    from recsys_tt.training.export import export_model
 
     if repeats <= 0:
         raise ValueError(f"repeats must be positive, got {repeats}.")

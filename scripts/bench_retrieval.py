@@ -21,8 +21,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from recsys_tt.cli import run
-from recsys_tt.index import build_index, exact_top_k
-from recsys_tt.retrieval import search_excluding
+from recsys_tt.export.index import build_index, exact_top_k
+from recsys_tt.serving.retrieval import search_excluding
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:

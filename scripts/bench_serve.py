@@ -30,11 +30,12 @@ import uvicorn
 from tqdm.auto import tqdm
 
 from recsys_tt.cli import run
-from recsys_tt.export_folder import ExportFolder
-from recsys_tt.http_api import create_app
-from recsys_tt.index import build_index
-from recsys_tt.propensity_log import PropensityLog, read_impressions
-from recsys_tt.recommender import Recommender, ServingConfig
+from recsys_tt.data.propensity_log import PropensityLog, read_impressions
+from recsys_tt.export.folder import ExportFolder
+from recsys_tt.export.index import build_index
+from recsys_tt.serving.http_api import create_app
+from recsys_tt.serving.recommender import Recommender
+from recsys_tt.serving.requests import ServingConfig
 
 
 def grow_catalog(export: ExportFolder, items: int, factory: str, search_params: str, seed: int = 0) -> ExportFolder:

@@ -25,15 +25,15 @@ import torch
 from tqdm.auto import tqdm
 
 from recsys_tt.cli import run
-from recsys_tt.step_timer import StepTimer
+from recsys_tt.training.step_timer import StepTimer
 
 MODES = ("sentence-transformers", "sentence-transformers, base dropout off", "recsys_tt text",
          "recsys_tt item-vector")
 
 
 def _data(user_input: str, batch_size: int):
-    from recsys_tt.datamodule import RecDataModule
-    from recsys_tt.user_inputs import user_input_mode
+    from recsys_tt.data.user_inputs import user_input_mode
+    from recsys_tt.training.datamodule import RecDataModule
 
     data = RecDataModule(batch_size=batch_size)
     data.user_input = user_input_mode(user_input)  # a trainer's setup would take it from the model
@@ -52,10 +52,9 @@ def _sentence_transformers(batch_size: int, steps: int, warmup: int, base_dropou
     from peft import LoraConfig, get_peft_model
     from sentence_transformers import SentenceTransformer, losses
 
-    from recsys_tt.backbone import resolve_backbone
-    from recsys_tt.batches import training_examples
-    from recsys_tt.text import user_text
-    from recsys_tt.towers import disable_dropout
+    from recsys_tt.data.examples import training_examples
+    from recsys_tt.data.text import user_text
+    from recsys_tt.model.backbone import disable_dropout, resolve_backbone
 
     data = _data("text", batch_size)
     model = SentenceTransformer(resolve_backbone("minilm"), device="cpu")
@@ -85,8 +84,8 @@ def _sentence_transformers(batch_size: int, steps: int, warmup: int, base_dropou
 
 
 def _recsys_tt(user_input: str, batch_size: int, steps: int, warmup: int) -> float:
-    from recsys_tt.module import TwoTowerModule
-    from recsys_tt.towers import TowerConfig
+    from recsys_tt.model.towers import TowerConfig
+    from recsys_tt.training.module import TwoTowerModule
 
     data = _data(user_input, batch_size)
     module = TwoTowerModule(num_items=data.num_items, tower=TowerConfig(user_input=user_input), lr=2e-3)

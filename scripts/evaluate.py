@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 from recsys_tt.cli import run
-from recsys_tt.scoring import evaluate_recommendations
+from recsys_tt.offline.scoring import evaluate_recommendations
 
 
 def main(recs: str, export: str, split: str = "test", k: list[int] | None = None) -> dict:

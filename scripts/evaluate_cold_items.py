@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 
 from recsys_tt.cli import run
-from recsys_tt.cold_start import cold_item_metrics
-from recsys_tt.export_folder import ExportFolder
+from recsys_tt.export.folder import ExportFolder
+from recsys_tt.offline.cold_start import cold_item_metrics
 
 
 def main(export: str, future: str, k: int = 10) -> None:

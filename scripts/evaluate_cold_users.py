@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 
 from recsys_tt.cli import run
-from recsys_tt.cold_start import new_user_metrics
-from recsys_tt.export_folder import ExportFolder
+from recsys_tt.export.folder import ExportFolder
+from recsys_tt.offline.cold_start import new_user_metrics
 from recsys_tt.plots import plot_new_users
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from recsys_tt.cli import log_to_console, run
-from recsys_tt.export import export_model
+from recsys_tt.training.export import export_model
 
 
 def main(checkpoint: str, out: str, factory: str = "Flat", search_params: str = "", report_users: int = 500,

@@ -10,7 +10,8 @@ one device with and without gradient checkpointing, and under FSDP (configs/ml10
 ``--decoder`` the decoder has random weights of the real shape (24 layers, width 896, grouped-query attention) and
 MiniLM's tokenizer, so it runs on a machine that cannot download; speed and memory are those of the real shape
 (apart from the smaller vocabulary). Each row runs ``train.py fit`` in its own process for ``warmup + steps`` steps,
-timed after the warm-up by ``recsys_tt.step_timer.StepTimer``; rows not started within ``budget_s`` are skipped.
+timed after the warm-up by ``recsys_tt.training.step_timer.StepTimer``; rows not started within ``budget_s``
+are skipped.
 Prints a table and writes gpu_check.json under --out.
 """
 
@@ -23,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from recsys_tt.backbone import load_tokenizer
 from recsys_tt.cli import run
-from recsys_tt.export import export_model
-from recsys_tt.scoring import evaluate_recommendations, score_users
-from recsys_tt.step_timer import in_own_process, timed_fit
+from recsys_tt.model.backbone import load_tokenizer
+from recsys_tt.offline.scoring import evaluate_recommendations, score_users
+from recsys_tt.training.export import export_model
+from recsys_tt.training.step_timer import in_own_process, timed_fit
 
 DECODER = "{decoder}"  # stands for the decoder's folder in ROWS
 ROWS = {

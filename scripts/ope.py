@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from recsys_tt.cli import run
-from recsys_tt.explore import ExplorationConfig
-from recsys_tt.ope import ESTIMATORS, LoggedSlates, evaluate_target
-from recsys_tt.policies import OPE_TARGETS, describe
+from recsys_tt.offline.ope import ESTIMATORS, LoggedSlates, evaluate_target
+from recsys_tt.offline.policies import OPE_TARGETS, describe
+from recsys_tt.serving.explore import ExplorationConfig
 
 
 def print_table(rows: list[dict]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from recsys_tt.cli import run
-from recsys_tt.scoring import score_users
+from recsys_tt.offline.scoring import score_users
 
 
 def main(export: str, out: str, k: int = 100, split: str = "test", users: str | None = None,

@@ -24,40 +24,12 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
-
 from recsys_tt.cli import run
-from recsys_tt.export_folder import ExportFolder
-from recsys_tt.ope import LoggedSlates, evaluate_target
+from recsys_tt.export.folder import ExportFolder
+from recsys_tt.offline.policies import OPE_LOGGING_POLICY, SIMULATED_POLICIES, describe, slug
+from recsys_tt.offline.simulator import CHECKED, SimulatedUsers, check_ope, run_policy
 from recsys_tt.plots import plot_exploration
-from recsys_tt.policies import OPE_LOGGING_POLICY, SIMULATED_POLICIES, describe, slug
-from recsys_tt.propensity_log import PropensityLog
-from recsys_tt.recommender import Recommender, ServingConfig
-from recsys_tt.simulator import SimulatedUsers, run_policy, serve_round, true_values
-
-CHECKED = ("IPS", "SNIPS", "DR")
-
-
-def _check_ope(export: ExportFolder, users: SimulatedUsers, k: int, replications: int, samples: int,
-               out: Path) -> list[dict]:
-    """Logs the first round ``replications`` times with OPE_LOGGING_POLICY, then estimates every policy from it."""
-    folder = out / "logs" / "ope_logging_policy"
-    serving = ServingConfig(exploration=replace(OPE_LOGGING_POLICY, propensity_samples=samples))
-    recommender = Recommender(export, serving, log=PropensityLog(folder))
-    liked = {}
-    for replication in range(replications):
-        log = serve_round(recommender, users, k, seed=10_000 + replication, update=False)
-        liked |= {request: set(users.liked[u]) for u, request in enumerate(log.request_ids)}
-    recommender.log.close()
-    logged, rows = LoggedSlates.from_log(folder), []
-    inverse = logged.inverse_propensities(np.random.default_rng(0))
-    for policy in SIMULATED_POLICIES:
-        name = describe(policy)
-        truth = true_values(str(folder), liked, {name: policy}, k, samples=samples)[name]
-        estimates = evaluate_target(logged, policy, samples=samples, bootstrap=300, inverse_logging=inverse)
-        rows.append({"policy": name, "true": truth, **estimates,
-                     "covered": {e: estimates[e]["low"] <= truth <= estimates[e]["high"] for e in CHECKED}})
-    return rows
+from recsys_tt.serving.requests import ServingConfig
 
 
 def main(export: str = "exports/ml100k", future: str | None = None, rounds: int = 10, k: int = 10,
@@ -98,7 +70,7 @@ def main(export: str = "exports/ml100k", future: str | None = None, rounds: int 
     for name, r in results.items():
         print(f"{name:<24} {r['cumulative_clicks']:>11.3f} {r['clicks_per_round'][0]:>8.3f} {r['coverage']:>9.3f} "
               f"{r['novelty']:>8.2f} {r['diversity']:>9.3f}")
-    ope = _check_ope(folder, start, k, ope_replications, propensity_samples, root) if ope_replications else []
+    ope = check_ope(folder, start, k, ope_replications, propensity_samples, root) if ope_replications else []
     if ope:
         print(f"\nOPE from the first round logged by {describe(OPE_LOGGING_POLICY)} ({ope[0]['slates']} slates); "
               "expected clicks per slate")

@@ -18,7 +18,8 @@ step "evaluate"
 python scripts/evaluate.py --recs "$out/recs.parquet" --export exports/smoke
 step "serve one request"
 python - <<'PY'
-from recsys_tt.recommender import Recommender, RecommendRequest
+from recsys_tt.serving.recommender import Recommender
+from recsys_tt.serving.requests import RecommendRequest
 
 rec = Recommender.load("exports/smoke")
 user = str(rec.export.users["user_id"].iloc[0])

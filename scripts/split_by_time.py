@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 from recsys_tt.cli import run
-from recsys_tt.data import read_table, require_columns
-from recsys_tt.splits import split_by_time
+from recsys_tt.data.splits import split_by_time
+from recsys_tt.data.tables import read_table, require_columns
 
 
 def main(interactions: str, out: str, fraction: float = 0.5, min_past: int = 3) -> None:

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import re
-import signal
 from pathlib import Path
 
-import pandas as pd
 import pytest
-import pytorch_lightning as pl
 import torch
 from transformers import BertConfig, BertModel
 
-from recsys_tt.backbone import load_tokenizer
+from recsys_tt.model.backbone import load_tokenizer
+from tests.helpers import train_args, write_tiny_dataset
 
 torch.set_num_threads(2)
 
@@ -31,70 +27,15 @@ def tiny_bert(tmp_path_factory) -> str:
     return str(folder)
 
 
-def write_tiny_dataset(folder: Path, fmt: str = "csv") -> dict[str, str]:
-    """8 users x 12 items; user u watches items u..u+5 one per day, except that user 0 has a timestamp tie."""
-    rows = []
-    for u in range(8):
-        for k in range(6):
-            rows.append({"user_id": f"u{u}", "item_id": f"i{(u + k) % 12}", "timestamp": 1000 + 86400 * k})
-    rows[1]["timestamp"] = rows[0]["timestamp"]  # tie: file order must decide
-    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(12)],
-                          "title": [f"Movie number {i}" for i in range(12)],
-                          "genres": ["Drama" if i % 2 else "Comedy" for i in range(12)]})
-    users = pd.DataFrame({"user_id": [f"u{u}" for u in range(8)], "age": [20 + u for u in range(8)],
-                          "occupation": ["writer", "engineer"] * 4})
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, frame in (("interactions", pd.DataFrame(rows)), ("items", items), ("users", users)):
-        path = folder / f"{name}.{fmt}"
-        if fmt == "csv":
-            frame.to_csv(path, index=False)
-        elif fmt == "parquet":
-            frame.to_parquet(path, index=False)
-        else:
-            frame.to_json(path, orient="records", lines=True)
-        paths[name] = str(path)
-    return paths
-
-
 @pytest.fixture
 def tiny_dataset(tmp_path) -> dict[str, str]:
     return write_tiny_dataset(tmp_path)
 
 
-TINY_TEMPLATES = {"item": "{title}. Genres: {genres}.", "profile": "A {age} year old {occupation}."}
-CALLBACKS = ('[{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint", '
-             '"init_args": {"every_n_train_steps": 1, "save_last": true, "save_top_k": 0}}, '
-             '{"class_path": "recsys_tt.plots.PlotCurves"}]')
-
-
-def clean_env() -> dict[str, str]:
-    """This process's environment without torch.distributed's variables, for launching a fresh DDP job."""
-    names = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE")
-    return {k: v for k, v in os.environ.items() if k not in names}
-
-
-def train_args(root: Path, paths: dict, backbone: str, max_steps: int, *extra: str) -> list[str]:
-    """train.py arguments for a short, fully logged and checkpointed run of the default config on tiny data."""
-    return [
-        "fit", "--config", "configs/ml100k_minilm.yaml",
-        "--trainer.max_steps", str(max_steps), "--trainer.precision", "32-true",
-        "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "1",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.logger.init_args.save_dir", str(root), "--trainer.logger.init_args.version", "0",
-        "--trainer.callbacks", CALLBACKS,
-        "--model.tower.backbone", backbone, "--model.warmup_steps", "2",
-        "--data.dataset", "files", "--data.interactions", paths["interactions"], "--data.items", paths["items"],
-        "--data.users", paths["users"], "--data.batch_size", "4", "--data.eval_batch_size", "3",
-        "--data.templates.item", TINY_TEMPLATES["item"], "--data.templates.profile", TINY_TEMPLATES["profile"],
-        *extra,
-    ]
-
-
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, tiny_bert):
     """A 4-step tiny-BERT training run on the tiny dataset: (the tested checkpoint, its test metrics)."""
-    from recsys_tt.lightning_cli import main
+    from recsys_tt.training.lightning_cli import main
 
     root = tmp_path_factory.mktemp("trained")
     paths = write_tiny_dataset(root / "data")
@@ -105,7 +46,7 @@ def trained(tmp_path_factory, tiny_bert):
 
 @pytest.fixture(scope="session")
 def flat_export(trained, tmp_path_factory):
-    from recsys_tt.export import export_model
+    from recsys_tt.training.export import export_model
 
     return export_model(trained[0], tmp_path_factory.mktemp("exports") / "flat", report_users=8)
 
@@ -125,26 +66,3 @@ def tiny_llama(tmp_path_factory) -> str:
     return str(folder)
 
 
-def undocumented_options(help_text: str, prefixes: tuple[str, ...]) -> list[str]:
-    """Options among ``prefixes`` whose --help entry holds nothing but its type and default."""
-    entries = re.split(r"\n  (?=--)", help_text)
-    bare = []
-    for entry in entries:
-        name = entry.split()[0] if entry.strip() else ""
-        if name.startswith(prefixes):
-            described = re.sub(r"^\S+( \S+)?(, \S+( \S+)?)?", "", entry).split("(type:")[0]
-            if not described.strip():
-                bare.append(name)
-    return bare
-
-
-
-class SigtermAt(pl.Callback):
-    """Sends this process SIGTERM after ``step`` steps, as a scheduler preempting a job does."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from recsys_tt.cli import user_errors
-from recsys_tt.data import DataError
+from recsys_tt.data.tables import DataError
 
 
 def test_user_errors_become_one_line_and_exit_status_2(capsys, monkeypatch):

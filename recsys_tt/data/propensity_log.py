@@ -1,0 +1,184 @@
+"""The propensity log: every served slate and every reward, as JSON lines, for off-policy evaluation.
+
+A log folder holds ``impressions-*.jsonl`` (one line per served slate) and ``feedback-*.jsonl`` (one line per
+reward). Each line is flushed as it is written, so a stopped server loses nothing it answered; files rotate
+by size. Lines are ``Impression`` and ``Feedback`` records, written and read only here; each impression carries
+its ``schema_version``. ``recsys_tt.offline.ope.bandit_feedback`` turns a folder into Open Bandit Pipeline's dictionaries.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import threading
+from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = 2  # of impression lines; lines written before it was recorded are version 1
+# Version 2 added the user as served (user_text, history_ids), what training from logs reads; version 1 lines still
+# serve off-policy evaluation.
+READABLE_VERSIONS = (1, 2)
+
+
+@dataclass(frozen=True)
+class Impression:
+    """One served slate: who it was for, the candidates it was drawn from, what was shown, and how likely it was."""
+
+    request_id: str
+    time: str  # ISO 8601, UTC
+    user_id: str | None  # None: a new user given by text and/or recent items
+    new_user: bool
+    history_length: int
+    candidate_ids: list[str]  # best first, after rescoring, the scorer and MMR
+    candidate_rows: list[int]  # rows of the export's items table
+    candidate_scores: list[float]
+    temperature: float
+    head: int
+    epsilon: float
+    diversity_lambda: float
+    k: int
+    slate: list[str]  # item ids shown, in order
+    slate_rows: list[int]
+    pick_probabilities: list[float]  # P(position j's pick | picks before j)
+    position_propensities: list[float] | None  # P(item at position j), estimated; None when not sampled
+    slate_probability: float  # P(this ordered slate) = product of pick_probabilities
+    propensity_samples: int
+    seed: int
+    model_version: str
+    index_version: str
+    user_text: str | None = None  # the profile text the user tower read ("" for none); None in version 1 lines
+    history_ids: list[str] | None = None  # item ids the user vector was computed from, oldest first (version 2)
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def from_json(cls, record: dict, where: str) -> Impression:
+        version = record.get("schema_version", 1)
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"{where}: impression schema version {version}; this recsys_tt reads versions "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}.")
+        return _from_json(cls, record, where)
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A reward (e.g. 1 for a click) for one item of a logged slate."""
+
+    request_id: str
+    item_id: str
+    reward: float
+    time: str
+
+    @classmethod
+    def from_json(cls, record: dict, where: str) -> Feedback:
+        return _from_json(cls, record, where)
+
+
+def _from_json(cls: type, record: dict, where: str):
+    """A record from a parsed JSON line; fields it does not know are ignored, fields it lacks are refused."""
+    missing = [f.name for f in fields(cls) if f.name not in record and f.default is MISSING]
+    if missing:
+        raise ValueError(f"{where}: not a recsys_tt {cls.__name__.lower()} line (missing {missing[:5]}).")
+    return cls(**{f.name: record[f.name] for f in fields(cls) if f.name in record})
+
+
+class _RotatingJsonl:
+    def __init__(self, folder: Path, prefix: str, max_bytes: int, max_files: int | None, fsync: bool) -> None:
+        self.folder, self.prefix, self.fsync = folder, prefix, fsync
+        self.max_bytes, self.max_files = max_bytes, max_files
+        self.file = None
+
+    def write(self, record: dict) -> None:
+        if self.file is None or self.file.tell() >= self.max_bytes:
+            self.close()
+            stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%f")
+            path = self.folder / f"{self.prefix}-{stamp}-{os.getpid()}.jsonl"
+            self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (held open across writes)
+            self._drop_oldest()
+        self.file.write(json.dumps(record, allow_nan=False) + "\n")
+        self.file.flush()
+        if self.fsync:
+            os.fsync(self.file.fileno())
+
+    def _drop_oldest(self) -> None:
+        """Keeps at most ``max_files`` files of this prefix (names sort by creation time): a cap on disk use."""
+        if self.max_files is None:
+            return
+        files = sorted(self.folder.glob(f"{self.prefix}-*.jsonl"))
+        for old in files[: max(len(files) - self.max_files, 0)]:
+            log.warning("Propensity log %s holds more than %d %s files; deleting the oldest, %s.", self.folder,
+                        self.max_files, self.prefix, old.name)
+            old.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class PropensityLog:
+    """Append-only, thread-safe impression and feedback log in ``folder``."""
+
+    def __init__(self, folder: str | Path, max_bytes: int = 64 * 2**20, max_files: int | None = 1000,
+                 fsync: bool = False) -> None:
+        """Files rotate at ``max_bytes``; beyond ``max_files`` per kind the oldest are deleted (None keeps all)."""
+        if max_bytes <= 0 or (max_files is not None and max_files <= 0):
+            raise ValueError(f"max_bytes and max_files must be positive, got {max_bytes} and {max_files}.")
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._impressions = _RotatingJsonl(self.folder, "impressions", max_bytes, max_files, fsync)
+        self._feedback = _RotatingJsonl(self.folder, "feedback", max_bytes, max_files, fsync)
+
+    def log_slate(self, impression: Impression) -> None:
+        with self._lock:
+            self._impressions.write(asdict(impression))
+
+    def log_feedback(self, feedback: Feedback) -> None:
+        with self._lock:
+            self._feedback.write(asdict(feedback))
+
+    def close(self) -> None:
+        with self._lock:
+            self._impressions.close()
+            self._feedback.close()
+
+
+def _read(folder: Path, prefix: str, kind: type) -> pd.DataFrame:
+    """Every line of the folder's ``prefix-*.jsonl`` files read as a ``kind`` record, one row each: its fields as
+    columns, and ``source`` ("file, line N") for messages about it."""
+    rows = []
+    for path in sorted(folder.glob(f"{prefix}-*.jsonl")):
+        with open(path, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    values = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg}).") from err
+                where = f"{path}, line {number}"
+                rows.append({**asdict(kind.from_json(values, where)), "source": where})
+    return pd.DataFrame(rows, columns=[*(f.name for f in fields(kind)), "source"])
+
+
+def read_impressions(folder: str | Path) -> pd.DataFrame:
+    """One row per served slate (``Impression`` fields and ``source`` as columns), oldest file first."""
+    frame = _read(Path(folder), "impressions", Impression)
+    if frame.empty:
+        raise ValueError(f"{folder} holds no impressions-*.jsonl; serve with --log_dir {folder} first.")
+    return frame
+
+
+def read_feedback(folder: str | Path) -> pd.DataFrame:
+    """One row per reward (``Feedback`` fields and ``source`` as columns; empty when none were sent)."""
+    return _read(Path(folder), "feedback", Feedback)
+
+
+def latest_feedback(folder: str | Path) -> pd.DataFrame:
+    """The last reward sent for each (request, item): a client may correct a reward by sending it again."""
+    return read_feedback(folder).drop_duplicates(["request_id", "item_id"], keep="last")

@@ -1,0 +1,58 @@
+"""Adding cold-start items to an export: text in, vectors out, no retraining."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recsys_tt.data.tables import DataError, read_ids
+from recsys_tt.data.text import render_table
+from recsys_tt.export.folder import ExportFolder, hashed_files
+from recsys_tt.export.model_card import model_card
+from recsys_tt.files import folder_digests, replacing
+
+
+def _new_items(path: str | Path, existing: dict[str, int]) -> pd.DataFrame:
+    frame = read_ids(path, ["item_id"])
+    repeated = frame["item_id"][frame["item_id"].duplicated()]
+    if len(repeated):
+        raise DataError(f"{path} lists item_id {repeated.iloc[0]!r} more than once; ids must be unique.")
+    clash = frame["item_id"][frame["item_id"].isin(existing)]
+    if len(clash):
+        raise DataError(f"{path}: item_id(s) {clash.tolist()[:5]} are already in the export; give new items new ids.")
+    return frame.reset_index(drop=True)
+
+
+def add_items(export_dir: str | Path, items_file: str | Path) -> dict:
+    """Encodes new items with the export's item tower (text only: they have no trained id vector) and appends
+    them to the index, vectors and tables, replacing the folder atomically."""
+    export = ExportFolder.load(export_dir)
+    new = _new_items(items_file, export.item_rows)
+    texts = render_table(export.templates.item, new, "item")
+    names = render_table(export.templates.history_item, new, "item")
+    text = export.encoder.item_text(export.item_tokens(texts), progress=True).float().cpu().numpy()
+    items = pd.concat([export.items, pd.DataFrame({"item_id": new["item_id"], "text": texts, "history_name": names,
+                                                   "train_count": 0})], ignore_index=True)
+    _write_extended(export, items, text, text)  # new items have no trained id vector: their vector is their text
+    return {"export": str(export.folder), "added": len(new), "num_items": len(items)}
+
+
+def _write_extended(export: ExportFolder, items: pd.DataFrame, text: np.ndarray, vectors: np.ndarray) -> None:
+    import faiss
+
+    folder = export.folder
+    with replacing(folder) as staging:
+        shutil.copytree(folder, staging, dirs_exist_ok=True)
+        export.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        faiss.write_index(export.index, str(staging / "index.faiss"))
+        np.save(staging / "vectors.npy", np.concatenate([export.vectors, vectors]))
+        np.save(staging / "text_vectors.npy", np.concatenate([export.text_vectors, text]))
+        items.to_parquet(staging / "items.parquet", index=False)
+        meta = dict(export.meta, num_items=len(items), added_items=export.meta.get("added_items", 0) + len(vectors),
+                    sha256=folder_digests(staging, hashed_files(export.meta["adapters"])))
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+        (staging / "README.md").write_text(model_card(meta))

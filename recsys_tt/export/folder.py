@@ -1,0 +1,183 @@
+"""Reading export folders: everything scoring and serving need, tied to the exact weights that produced the vectors.
+
+Layout of an export folder::
+
+    meta.json            dims, metric, factory, counts, backbone, sha256 of every other file but README.md,
+                         model version, source checkpoint, configs, test metrics, library versions
+    README.md            model card: what was trained on what, how well it did, how to load it
+    index.faiss          FAISS index over the item vectors (inner product on L2-normalised vectors)
+    vectors.npy          (N, D) float32 item vectors, row-aligned with items.parquet (for exact rescoring)
+    text_vectors.npy     (N, D) float32 item text vectors (what item-vector user towers read as history)
+    items.parquet        row -> item_id, text, history_name, train_count
+    users.parquet        user_id, profile, train_items (rows), valid_item, test_item (row or -1)
+    adapters/<tower>/    each tower's LoRA adapter as a peft folder (see ``recsys_tt.model.weights``)
+    towers.safetensors   the other trained weights: heads, id vectors, history input layer, temperature
+
+Nothing in it is pickled. ``recsys_tt.training.export`` writes them; reading one needs no training code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recsys_tt.data.tables import LeaveOneOut
+from recsys_tt.data.text import TextTemplates, tokenize_table
+from recsys_tt.data.user_inputs import UserFeatures
+from recsys_tt.files import restore_interrupted_swap, verify_digests
+from recsys_tt.model.backbone import load_model, load_tokenizer
+from recsys_tt.model.encoder import Encoder, parse_dtype
+from recsys_tt.model.towers import TowerConfig, TwoTower
+from recsys_tt.model.weights import load_towers, weight_files
+
+FORMAT_VERSION = 3  # 3: weights as peft adapters + safetensors (2: one weights.pt pickle)
+DATA_FILES = ("index.faiss", "vectors.npy", "text_vectors.npy", "items.parquet", "users.parquet")
+
+
+def hashed_files(adapters: list[str]) -> list[str]:
+    """The files whose sha256 meta.json records: all but meta.json itself and the model card."""
+    return [*DATA_FILES, *weight_files(adapters)]
+
+
+def dataset_user_batches(features: UserFeatures, split: LeaveOneOut, users: np.ndarray, stage: str,
+                         batch_size: int = 256) -> Iterator[dict[str, torch.Tensor]]:
+    """User-tower inputs of dataset users (indices) with the history that precedes their ``stage`` target."""
+    for start in range(0, len(users), batch_size):
+        chunk = np.asarray(users[start: start + batch_size])
+        yield features.batch(chunk, [split.history(u, stage) for u in chunk])
+
+
+@dataclass
+class ExportFolder:
+    """A checked export folder; the model is rebuilt only when user vectors are asked for."""
+
+    folder: Path
+    meta: dict
+    items: pd.DataFrame
+    users: pd.DataFrame
+    text_vectors: np.ndarray
+    vectors: np.ndarray
+    index: object
+    _encoder: Encoder | None = field(default=None, repr=False, compare=False)  # built on first use; catalog-free,
+    # so ``dataclasses.replace`` with another catalog keeps it
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ExportFolder:
+        import faiss
+
+        folder = Path(folder)
+        restore_interrupted_swap(folder)
+        if not (folder / "meta.json").exists():
+            raise ValueError(f"{folder} is not a recsys_tt export (no meta.json); write one with "
+                             "scripts/export_index.py.")
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{folder / 'meta.json'} is not valid JSON ({err}); the export is damaged, re-export "
+                             "it.") from err
+        if meta.get("format_version") != FORMAT_VERSION:
+            old = " (its weights are a pickle, weights.pt)" if meta.get("format_version") == 2 else ""
+            raise ValueError(f"{folder} has export format {meta.get('format_version')}{old}; this recsys_tt reads "
+                             f"{FORMAT_VERSION}. Re-export it with scripts/export_index.py.")
+        missing = [name for name in hashed_files(meta["adapters"]) if not (folder / name).exists()]
+        if missing:
+            raise ValueError(f"{folder} is not a complete recsys_tt export (missing {missing}); "
+                             "re-run scripts/export_index.py.")
+        verify_digests(folder, meta["sha256"], "re-export it, or add items with scripts/add_items.py only.")
+        vectors, text = np.load(folder / "vectors.npy"), np.load(folder / "text_vectors.npy")
+        index = faiss.read_index(str(folder / "index.faiss"))
+        expected = (meta["num_items"], meta["dim"])
+        for name, shape in (("vectors.npy", vectors.shape), ("text_vectors.npy", text.shape),
+                            ("index.faiss", (index.ntotal, index.d))):
+            if tuple(shape) != expected:
+                raise ValueError(f"{folder / name} holds {tuple(shape)} but meta.json says {expected}; "
+                                 "the folder was modified after export. Re-export it.")
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise ValueError(f"{folder / 'index.faiss'} does not use inner product; re-export it.")
+        return cls(folder, meta, pd.read_parquet(folder / "items.parquet"), pd.read_parquet(folder / "users.parquet"),
+                   text, vectors, index)
+
+    @property
+    def encoder(self) -> Encoder:
+        """The towers, rebuilt on first use from the recorded config and the saved weights, checked against
+        meta.json."""
+        if self._encoder is None:
+            self._encoder = self._load_encoder()
+        return self._encoder
+
+    def _load_encoder(self) -> Encoder:
+        hp = self.meta["model_hparams"]
+        config = TowerConfig(**hp["tower"])
+        model = TwoTower(load_model(config.backbone, config.backbone_dtype), config, hp["num_items"])
+        load_towers(model, self.folder)  # their sha256 was checked on load
+        if model.dim != self.meta["dim"]:
+            raise ValueError(f"The model gives {model.dim}-d vectors but the index holds {self.meta['dim']}-d.")
+        return Encoder(model.eval(), None, parse_dtype(self.meta["precision"]), hp["item_chunk_size"])
+
+    def item_tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Item texts tokenised as the export's catalog was (its tokenizer and length cap)."""
+        return tokenize_table(self.tokenizer, texts, self.meta["data_hparams"]["max_item_tokens"])
+
+    @cached_property
+    def tokenizer(self):
+        return load_tokenizer(self.meta["data_hparams"]["backbone"])
+
+    @cached_property
+    def templates(self) -> TextTemplates:
+        return TextTemplates(**self.meta["data_hparams"]["templates"])
+
+    @cached_property
+    def item_ids(self) -> np.ndarray:
+        """Row -> item id, a string as training read it."""
+        return self.items["item_id"].astype(str).to_numpy()
+
+    @cached_property
+    def item_rows(self) -> dict[str, int]:
+        """Item id -> row of the index, vectors and items table."""
+        return {item: i for i, item in enumerate(self.item_ids)}
+
+    @cached_property
+    def user_ids(self) -> np.ndarray:
+        """User index -> user id, a string as training read it."""
+        return self.users["user_id"].astype(str).to_numpy()
+
+    @cached_property
+    def user_rows(self) -> dict[str, int]:
+        """User id -> user index (row of the users table)."""
+        return {user: i for i, user in enumerate(self.user_ids)}
+
+    @cached_property
+    def item_popularity(self) -> np.ndarray:
+        """(N,) share of users who had each item in training, add-one smoothed (for novelty)."""
+        return (self.items["train_count"].to_numpy() + 1.0) / (len(self.users) + 1.0)
+
+    @cached_property
+    def split(self) -> LeaveOneOut:
+        return LeaveOneOut([np.asarray(t, dtype=np.int64) for t in self.users["train_items"]],
+                           self.users["valid_item"].to_numpy(), self.users["test_item"].to_numpy())
+
+    @cached_property
+    def user_features(self) -> UserFeatures:
+        hp = self.meta["data_hparams"]
+        return UserFeatures.build(self.encoder.model.user_input, self.users["profile"].tolist(),
+                                  self.items["history_name"].tolist(), self.templates,
+                                  self.tokenizer, hp["history_len"], hp["max_user_tokens"],
+                                  hp["max_profile_tokens"])
+
+    def user_vectors(self, users: np.ndarray, stage: str, batch_size: int = 256) -> np.ndarray:
+        """(U, D) vectors of dataset users (indices) with the history that precedes their ``stage`` target."""
+        batches = dataset_user_batches(self.user_features, self.split, users, stage, batch_size)
+        return self.encoder.users(batches, self.text_vectors)
+
+    def new_user_vectors(self, profiles: list[str], histories: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
+        """(U, D) vectors of users known only by free text and/or recent item rows (cold start)."""
+        batches = (self.user_features.batch_from_text(profiles[i: i + batch_size], histories[i: i + batch_size])
+                   for i in range(0, len(profiles), batch_size))
+        return self.encoder.users(batches, self.text_vectors)

@@ -1,0 +1,73 @@
+"""The model card of an export folder (its README.md, as on the Hugging Face hub), rendered from meta.json."""
+
+from __future__ import annotations
+
+import json
+
+
+def _data_line(data: dict) -> str:
+    if data.get("dataset") == "files":
+        files = (f"{name} `{data.get(name)}`" for name in ("interactions", "items", "users") if data.get(name))
+        return "the files " + ", ".join(files)
+    return f"MovieLens `{data.get('dataset')}` ({data.get('catalog', 'rated')} items)"
+
+
+def _metrics_table(metrics: dict[str, float] | None) -> str:
+    if not metrics:
+        return "No test metrics were found beside the checkpoint (its run's `metrics.csv`)."
+    rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in sorted(metrics.items()))
+    return "| metric | value |\n|---|---|\n" + rows
+
+
+def model_card(meta: dict) -> str:
+    """Markdown: base model, data and split, test metrics, export settings, ANN recall, loading, the configs."""
+    tower, data = meta["model_hparams"]["tower"], meta["data_hparams"]
+    adapters = ", ".join(f"`adapters/{name}`" for name in meta["adapters"])
+    recall = meta["ann_recall_at_10"]
+    ids = " plus a trained id vector for items seen in training" if tower["item_id_embeddings"] else ""
+    return f"""---
+library_name: peft
+base_model: {tower["backbone"]}
+tags: [recsys_tt, two-tower, recommendation, lora]
+---
+
+# recsys_tt two-tower recommender, model {meta["model_version"]}
+
+Two LoRA-adapted towers over **{tower["backbone"]}** (users: `{tower["user_input"]}`, pooling
+`{tower.get("user_pooling") or tower["pooling"]}`; items: `{tower["pooling"]}` pooling{ids}), trained by recsys_tt
+and exported with {meta["num_items"]} item vectors ({meta["dim"]}-d, L2-normalised, inner product) for
+{meta["num_users"]} users.
+
+## Data and evaluation
+
+Trained on {_data_line(data)}. Split: leave-one-out by time per user (last interaction test, second to last
+validation); metrics rank the whole catalog with each user's history excluded, on the checkpoint
+`{meta["source_checkpoint"]}` (sha256 `{meta["checkpoint_sha256"][:16]}`).
+
+{_metrics_table(meta.get("test_metrics"))}
+
+## Export
+
+FAISS `{meta["factory"]}` (`{meta["search_params"] or "default search parameters"}`), built in
+{meta["build_seconds"]} s; recall@10 against exact search {recall["value"]:.4f} on {recall["users"]} users. Encoded
+in {meta["precision"]}. Every file but this card and meta.json is checked against the sha256 in meta.json on load.
+
+## Loading
+
+```python
+from recsys_tt.serving.recommender import Recommender
+from recsys_tt.serving.requests import RecommendRequest
+rec = Recommender.load("path/to/this/folder")
+rec.recommend(RecommendRequest(user_id="<a user id>", k=10))
+```
+
+Or without recsys_tt: each tower's adapter ({adapters}) is a peft folder,
+`PeftModel.from_pretrained(AutoModel.from_pretrained("{tower["backbone"]}"), "adapters/item")`; the other
+trained weights (heads, id vectors, temperature) are in `towers.safetensors`.
+
+## Training configuration
+
+```json
+{json.dumps({"model": meta["model_hparams"], "data": data}, indent=2)}
+```
+"""

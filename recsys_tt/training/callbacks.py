@@ -1,0 +1,70 @@
+"""Training callbacks: plain progress lines for log files (a cluster job's output is a file, where progress bars show
+nothing useful) and the training curves written when fitting ends."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+from recsys_tt.plots import plot_curves
+from recsys_tt.training.sampling import target_count
+
+log = logging.getLogger(__name__)
+
+
+def _clock(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))
+
+
+class ProgressLog(pl.Callback):
+    """Every ``every_s`` seconds of training, one line: step / total, loss, targets/s, elapsed and whole-run ETA.
+
+    The ETA extrapolates the seconds per step since this fit started (validation included) to ``max_steps``.
+    """
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        if every_s <= 0:
+            raise ValueError(f"progress_log.every_s must be positive, got {every_s}.")
+        self.every_s = every_s
+        self.started = self.last = 0.0
+        self.first_step = self.targets = 0
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.started = self.last = time.monotonic()
+        self.first_step, self.targets = trainer.global_step, 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        self.targets = self.targets + target_count(batch)  # read only when a line is due
+        now = time.monotonic()
+        if now - self.last < self.every_s or not trainer.is_global_zero:
+            return
+        self.last = now
+        done, elapsed = trainer.global_step - self.first_step, now - self.started
+        total = trainer.max_steps if trainer.max_steps > 0 else int(trainer.estimated_stepping_batches)
+        loss = trainer.callback_metrics.get("train/loss")
+        eta = elapsed / max(done, 1) * max(total - trainer.global_step, 0)
+        log.info("step %d/%d (%.0f%%), loss %s, %.0f targets/s, elapsed %s, ETA %s", trainer.global_step, total,
+                 100 * trainer.global_step / max(total, 1), "n/a" if loss is None else f"{float(loss):.4f}",
+                 float(self.targets) / elapsed, _clock(elapsed), _clock(eta))
+
+
+class PlotCurves(pl.Callback):
+    """Writes ``curves.png`` into the CSV logger's folder at the end of ``fit``."""
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        logger = trainer.logger
+        if not isinstance(logger, CSVLogger):  # e.g. fast_dev_run's dummy logger, which answers every attribute
+            return
+        logger.save()
+        if not Path(logger.experiment.metrics_file_path).exists():  # a run shorter than log_every_n_steps
+            log.info("No metrics were logged, so no curves are plotted.")
+            return
+        path = plot_curves(logger.experiment.metrics_file_path, Path(logger.log_dir) / "curves.png")
+        log.info("Training curves written to %s", path)

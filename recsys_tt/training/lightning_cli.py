@@ -1,0 +1,88 @@
+"""The training command line (LightningCLI): fit, validate, test; ``train.py`` at the repository root calls ``run``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from typing import Literal
+
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from recsys_tt.cli import document_options, log_to_console, user_errors
+from recsys_tt.model.metrics import ranking_metrics
+from recsys_tt.training.callbacks import ProgressLog
+from recsys_tt.training.datamodule import RecDataModule
+from recsys_tt.training.module import TwoTowerModule
+
+log = logging.getLogger("recsys_tt.train")
+
+
+class TwoTowerCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """fit, validate and test; offline scoring is scripts/score_offline.py (the module has no predict step)."""
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name != "predict"}
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--test_after_fit", type=bool, default=True, help="Run `test` once fitting ends.")
+        parser.add_argument("--test_on", type=Literal["best", "last"], default="best",
+                            help="Test the checkpoint best_checkpoint kept (model selection on validation, as "
+                                 "RecBole's early stopping does), or the final weights.")
+        # Present whatever the config's callbacks: every run keeps its best validation checkpoint, which `test`
+        # and the export use (best_checkpoint.monitor picks another metric).
+        parser.add_lightning_class_args(ModelCheckpoint, "best_checkpoint")
+        parser.set_defaults({"best_checkpoint.monitor": "val/ndcg@10", "best_checkpoint.mode": "max",
+                             "best_checkpoint.filename": "best-{step}"})
+        # Log files (a cluster job's output) get plain progress lines; a progress bar only where a terminal shows it.
+        parser.add_lightning_class_args(ProgressLog, "progress_log")
+        parser.set_defaults({"trainer.enable_progress_bar": sys.stderr.isatty()})
+        parser.link_arguments("model.tower.backbone", "data.backbone")
+        parser.link_arguments("data.num_items", "model.num_items", apply_on="instantiate")
+
+    def before_fit(self) -> None:
+        monitor = self.config.fit.best_checkpoint.monitor
+        logged = [f"val/{name}" for name in ranking_metrics(torch.zeros(1), self.model.hparams.eval_ks)]
+        if monitor is not None and monitor not in logged:
+            raise ValueError(f"--best_checkpoint.monitor {monitor} is not logged by this run; validation logs "
+                             f"{', '.join(logged)} (set by --model.eval_ks).")
+
+    def after_fit(self) -> None:
+        if self.config.fit.test_after_fit:
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=self._tested_checkpoint())
+
+    def _tested_checkpoint(self) -> str | None:
+        """Path of the checkpoint to test; None tests the weights in memory (the final ones)."""
+        if self.config.fit.test_on == "last":
+            return None
+        best: ModelCheckpoint = self.config_init[self.subcommand]["best_checkpoint"]
+        if not best.best_model_path:
+            log.warning("No validation ran, so no best checkpoint exists: the final weights are tested.")
+            return None
+        log.info("Testing %s (%s = %.4f)", best.best_model_path, best.monitor, float(best.best_model_score))
+        return best.best_model_path
+
+
+def main(args: list[str] | None = None) -> TwoTowerCLI:
+    log_to_console()
+    document_options()
+    return TwoTowerCLI(TwoTowerModule, RecDataModule, args=args, save_config_kwargs={"overwrite": True})
+
+
+def run() -> None:
+    """main() for the command line: input errors as one line, and a SIGTERM (a scheduler's preemption) as a
+    failure that says where to resume, not as success."""
+    with user_errors():
+        try:
+            main()
+        except SIGTERMException:
+            log.error("Stopped by SIGTERM before the run finished; nothing was tested. Resume with --ckpt_path "
+                      "<run>/checkpoints/last.ckpt.")
+            sys.exit(128 + signal.SIGTERM)
+
+
+if __name__ == "__main__":
+    run()
