@@ -3,7 +3,8 @@
 A log folder holds ``impressions-*.jsonl`` (one line per served slate) and ``feedback-*.jsonl`` (one line per
 reward). Each line is flushed as it is written, so a stopped server loses nothing it answered; files rotate
 by size. Lines are ``Impression`` and ``Feedback`` records, written and read only here; each impression carries
-its ``schema_version``. ``recsys_tt.offline.ope.bandit_feedback`` turns a folder into Open Bandit Pipeline's dictionaries.
+its ``schema_version``. ``recsys_tt.offline.ope.bandit_feedback`` turns a folder into Open Bandit Pipeline's
+dictionaries.
 """
 
 from __future__ import annotations

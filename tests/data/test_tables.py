@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from tests.helpers import write_tiny_dataset
 
 from recsys_tt.data.tables import DataError, LeaveOneOut, load_interaction_data
+from tests.helpers import write_tiny_dataset
 
 
 def test_sequences_sort_by_time_and_keep_file_order_on_ties(tiny_dataset):
