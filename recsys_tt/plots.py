@@ -91,3 +91,21 @@ def plot_new_users(rows: list[dict], metrics: list[str], out: str | Path) -> Pat
                title=f"users unseen in training: {metric}")
         ax.legend(fontsize=8)
     return _save(plt, fig, out)
+
+
+def plot_ablation(results: dict[str, dict], out: str | Path) -> Path:
+    """Per ablation row ("dataset | row"): test NDCG@10 on the standard split, and of cold and warm test items."""
+    plt = _pyplot()
+    names = list(results)
+    bars = {"all items": [r["full"]["test_ndcg@10"] for r in results.values()],
+            "warm items": [r["cold"]["test_warm_ndcg@10"] for r in results.values()],
+            "cold items": [r["cold"]["test_cold_ndcg@10"] for r in results.values()]}
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4.5))
+    width = 0.8 / len(bars)
+    for i, (label, values) in enumerate(bars.items()):
+        ax.bar([x + i * width for x in range(len(names))], values, width, label=label)
+    ax.set_xticks([x + width for x in range(len(names))], [n.replace(" | ", "\n") for n in names], fontsize=7,
+                  rotation=30, ha="right")
+    ax.set(ylabel="test NDCG@10 (full ranking)", title="What the language model adds")
+    ax.legend(fontsize=8)
+    return _save(plt, fig, out)

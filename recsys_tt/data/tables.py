@@ -224,5 +224,7 @@ class LeaveOneOut:
     def targets(self, stage: str) -> np.ndarray:
         return self.valid if stage == "valid" else self.test
 
-    def item_counts(self, num_items: int) -> np.ndarray:
-        return np.bincount(np.concatenate(self.train), minlength=num_items) if self.train else np.zeros(num_items)
+
+def item_counts(sequences: list[np.ndarray], num_items: int) -> np.ndarray:
+    """How often each item occurs in the sequences (e.g. the training parts of a split)."""
+    return np.bincount(np.concatenate(sequences), minlength=num_items) if sequences else np.zeros(num_items)

@@ -32,7 +32,7 @@ from recsys_tt.data.tables import LeaveOneOut
 from recsys_tt.data.text import TextTemplates, tokenize_table
 from recsys_tt.data.user_inputs import UserFeatures
 from recsys_tt.files import restore_interrupted_swap, verify_digests
-from recsys_tt.model.backbone import load_model, load_tokenizer
+from recsys_tt.model.backbone import load_tokenizer
 from recsys_tt.model.encoder import Encoder, parse_dtype
 from recsys_tt.model.towers import TowerConfig, TwoTower
 from recsys_tt.model.weights import load_towers, weight_files
@@ -115,7 +115,7 @@ class ExportFolder:
     def _load_encoder(self) -> Encoder:
         hp = self.meta["model_hparams"]
         config = TowerConfig(**hp["tower"])
-        model = TwoTower(load_model(config.backbone, config.backbone_dtype), config, hp["num_items"])
+        model = TwoTower.from_config(config, hp["num_items"])
         load_towers(model, self.folder)  # their sha256 was checked on load
         if model.dim != self.meta["dim"]:
             raise ValueError(f"The model gives {model.dim}-d vectors but the index holds {self.meta['dim']}-d.")

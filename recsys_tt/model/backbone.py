@@ -38,10 +38,19 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
-def load_model(name: str, dtype: str = "float32") -> nn.Module:
-    from transformers import AutoModel
+def load_model(name: str, dtype: str = "float32", init: str = "pretrained") -> nn.Module:
+    """The backbone with its pretrained weights, or (``init`` "random") its architecture freshly initialised.
 
-    return AutoModel.from_pretrained(resolve_backbone(name), dtype=getattr(torch, dtype))
+    Random weights come from a fixed seed, so an export rebuilds the very same frozen base from its config alone.
+    """
+    from transformers import AutoConfig, AutoModel
+
+    path = resolve_backbone(name)
+    if init == "pretrained":
+        return AutoModel.from_pretrained(path, dtype=getattr(torch, dtype))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return AutoModel.from_config(AutoConfig.from_pretrained(path)).to(getattr(torch, dtype))
 
 
 LORA_TARGETS = {

@@ -26,7 +26,7 @@ from torch import nn
 
 def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, positive: torch.Tensor, temperature: torch.Tensor,
                          logq: torch.Tensor | None = None, item_ids: torch.Tensor | None = None,
-                         weight: torch.Tensor | None = None) -> torch.Tensor:
+                         weight: torch.Tensor | None = None, excluded: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy of each row against its positive column (weighted mean with ``weight``).
 
     Args:
@@ -38,8 +38,11 @@ def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, positive: torch
         logq: (M,) log sampling probability of each column's item; subtracted from every logit.
         item_ids: (M,) item identity of each column, for accidental-hit masking; -1 marks padding columns.
         weight: (B,) non-negative row weights.
+        excluded: (M,) bool, columns never scored (items held out of training).
     """
     logits = user.float() @ item.float().T / temperature  # (B, M)
+    if excluded is not None:
+        logits = logits.masked_fill(excluded.unsqueeze(0), float("-inf"))
     if logq is not None:
         logits = logits - logq.unsqueeze(0)
     if item_ids is not None:
@@ -200,11 +203,12 @@ class InBatchSoftmax(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, user: torch.Tensor, item: torch.Tensor, positive: torch.Tensor, items: torch.Tensor,
-                weight: torch.Tensor | None = None) -> torch.Tensor:
+                weight: torch.Tensor | None = None, held_out: torch.Tensor | None = None) -> torch.Tensor:
         """user (B, D), item (M, D), positive (B,) columns (-1: ignored row), items (M,) item indices of the columns,
-        weight (B,)."""
+        weight (B,); with catalog negatives, held_out (M,) bool marks the items no step may score (cold items; batch
+        negatives never meet them, as no batch holds them)."""
         if self.config.negatives == "catalog":  # every rank holds every item: nothing to gather, no sampling bias
-            return sampled_softmax_loss(user, item, positive, self.temperature, weight=weight)
+            return sampled_softmax_loss(user, item, positive, self.temperature, weight=weight, excluded=held_out)
         rows = (positive >= 0).sum()  # a tensor: counting on the host would wait for the device
         item, positive, items = gather_items(item, positive, items)
         draws = rows * (dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1)

@@ -20,9 +20,12 @@ def exclude_seen(scores: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
 
 
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """0-based rank of each row's target among all items: the number of items scored strictly higher."""
+    """0-based rank of each row's target among all items, ties counted against it: the number of other items scored
+    at least as high. A model that scores many items alike (a constant, a saturated bf16 score) gains nothing from
+    the tie; a NaN target score ranks last."""
     target_scores = scores.gather(1, targets.unsqueeze(1))  # (B, 1)
-    return (scores > target_scores).sum(1)
+    at_least = (scores >= target_scores).sum(1) - 1
+    return torch.where(target_scores.squeeze(1).isnan(), scores.shape[1] - 1, at_least)
 
 
 def discount(ranks):

@@ -30,6 +30,7 @@ from recsys_tt.model.backbone import (
     disable_dropout,
     enable_checkpointing,
     first_blocks,
+    load_model,
 )
 from recsys_tt.model.pooling import attention_mask, length_groups, pool, running_pool
 
@@ -70,6 +71,12 @@ class TowerConfig:
     no gradient: set the strategy's ``find_unused_parameters``."""
     item_id_embeddings: bool = True
     """Add a learned id vector to the text vector of items seen in training."""
+    backbone_init: Literal["pretrained", "random"] = "pretrained"
+    """The backbone's weights: its language pretraining, or its architecture randomly initialised (a fixed seed),
+    which measures what the pretraining contributes."""
+    train_adapters: bool = True
+    """Train the LoRA adapters. Off, they stay at their initial identity, so the backbone is the frozen pretrained
+    model and only the heads (``projection_dim``), the history input and the id vectors train."""
     backbone_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Storage dtype of the frozen base weights (bfloat16 halves memory on GPUs)."""
     backbone_dropout: bool = False
@@ -152,6 +159,11 @@ class TwoTower(nn.Module):
                             type(backbone).__name__)
         self._train_all_adapters()
 
+    @classmethod
+    def from_config(cls, config: TowerConfig, num_items: int) -> TwoTower:
+        """Loads the configured backbone and builds the towers around it."""
+        return cls(load_model(config.backbone, config.backbone_dtype, config.backbone_init), config, num_items)
+
     def _head(self, hidden: int) -> nn.Module:
         return nn.Linear(hidden, self.config.projection_dim) if self.config.projection_dim else nn.Identity()
 
@@ -164,7 +176,7 @@ class TwoTower(nn.Module):
     def _train_all_adapters(self) -> None:
         # peft freezes inactive adapters (on add and on switch); both towers train in every step.
         for p in self._adapter_params:
-            p.requires_grad_(True)
+            p.requires_grad_(self.config.train_adapters)
 
     def _encode(self, tower: str, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
         self._activate(tower)

@@ -1,4 +1,4 @@
-"""LightningDataModule: MovieLens-100K or custom files -> leave-one-out split -> tower-ready batches."""
+"""LightningDataModule: MovieLens, Amazon Beauty or custom files -> leave-one-out split -> tower-ready batches."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from recsys_tt.data.amazon import ensure_amazon_beauty
 from recsys_tt.data.examples import pad_rows
 from recsys_tt.data.movielens import RELEASES, ensure_movielens
-from recsys_tt.data.tables import InteractionData, LeaveOneOut, load_interaction_data
+from recsys_tt.data.tables import InteractionData, LeaveOneOut, item_counts, load_interaction_data
 from recsys_tt.data.text import TextTemplates, render_table, tokenize_table
 from recsys_tt.data.user_inputs import UserFeatures, UserInput
 from recsys_tt.files import default_cache_dir
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 class RecDataModule(pl.LightningDataModule):
     def __init__(
         self,
-        dataset: Literal["ml-100k", "ml-1m", "files"] = "ml-100k",
+        dataset: Literal["ml-100k", "ml-1m", "amazon-beauty", "files"] = "ml-100k",
+        folder: str | None = None,
         interactions: str | None = None,
         items: str | None = None,
         users: str | None = None,
@@ -37,6 +39,7 @@ class RecDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         min_rating: float | None = None,
         catalog: Literal["rated", "all"] = "rated",
+        cold_items: float = 0.0,
         templates: TextTemplates = TextTemplates(),  # noqa: B008
         max_item_tokens: int = 32,
         max_user_tokens: int = 128,
@@ -56,7 +59,10 @@ class RecDataModule(pl.LightningDataModule):
         """Data, text and batching.
 
         Args:
-            dataset: "ml-100k" or "ml-1m" (downloaded and cached) or "files" (the three paths below).
+            dataset: "ml-100k" or "ml-1m" (downloaded and cached), "amazon-beauty" (converted from ``folder``) or
+                "files" (the three paths below).
+            folder: amazon-beauty's source folder, which is never downloaded (its terms allow research use only):
+                user_sequence.txt, item_id_to_int.json and products_lookup.csv, checked against pinned sha256.
             interactions: CSV/Parquet/JSONL with user_id, item_id, timestamp[, rating].
             items: CSV/Parquet/JSONL with item_id and text columns.
             users: optional CSV/Parquet/JSONL with user_id and profile columns.
@@ -65,6 +71,11 @@ class RecDataModule(pl.LightningDataModule):
             min_rating: keep only interactions rated at least this (None: every interaction is a positive).
             catalog: "rated" keeps the items with at least one (kept) interaction, the usual protocol (ML-1M: 3,706 of
                 3,883 movies); "all" keeps every row of the items table.
+            cold_items: share of the catalog held out of training entirely (a random set drawn with ``seed``): no
+                training window reads or targets them and the softmax never scores them, so they keep their text
+                vector alone, as items added after training (scripts/add_items.py) do. Validation and test rank the
+                whole catalog with full histories; test also reports ``test_cold/*`` and ``test_warm/*``, the
+                users whose test item is cold or warm.
             templates: item and user text templates.
             max_item_tokens: token budget of item text.
             max_user_tokens: token budget of user text (user_input = text).
@@ -95,6 +106,11 @@ class RecDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         if dataset == "files" and not (interactions and items):
             raise ValueError("dataset: files needs data.interactions and data.items paths.")
+        if dataset == "amazon-beauty" and not folder:
+            raise ValueError("dataset: amazon-beauty needs data.folder, the folder holding its three files "
+                             "(e.g. ../shared/data/amazon-beauty); the data is never downloaded.")
+        if not 0 <= cold_items < 1:
+            raise ValueError(f"data.cold_items is a share of the catalog in [0, 1), got {cold_items}.")
         if num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {num_workers}.")
         if min_history < 0:
@@ -126,6 +142,9 @@ class RecDataModule(pl.LightningDataModule):
         if hp.dataset in RELEASES:
             folder = ensure_movielens(hp.dataset, hp.cache_dir, hp.source)
             paths = (folder / "interactions.csv", folder / "items.csv", folder / "users.csv")
+        elif hp.dataset == "amazon-beauty":
+            folder = ensure_amazon_beauty(hp.folder, hp.cache_dir)
+            paths = (folder / "interactions.csv", folder / "items.csv", None)
         else:
             paths = (hp["interactions"], hp["items"], hp["users"])  # hp.items is the dict method
         return load_interaction_data(*paths, min_rating=hp.min_rating, catalog=hp.catalog)
@@ -139,13 +158,28 @@ class RecDataModule(pl.LightningDataModule):
         return self.data.num_items
 
     @functools.cached_property
+    def cold_item_mask(self) -> torch.Tensor:
+        """(N,) bool: the items held out of training (data.cold_items)."""
+        n = self.num_items
+        chosen = np.random.default_rng(self.hparams.seed).choice(n, round(self.hparams.cold_items * n), replace=False)
+        return torch.zeros(n, dtype=torch.bool).index_fill_(0, torch.as_tensor(chosen, dtype=torch.long), True)
+
+    @functools.cached_property
+    def train_sequences(self) -> list[np.ndarray]:
+        """Each user's training items, less the cold items (data.cold_items) as if they did not exist yet."""
+        if not self.hparams.cold_items:
+            return self.split.train
+        cold = self.cold_item_mask.numpy()
+        return [seq[~cold[seq]] for seq in self.split.train]
+
+    @functools.cached_property
     def logged_clicks(self) -> LoggedClicks | None:
         return read_logged_clicks(self.hparams.logs, self.data.item_index()) if self.hparams.logs else None
 
     @functools.cached_property
     def item_counts(self) -> torch.Tensor:
         """Training targets per item: the interactions' and the logged clicks' (for logQ and the id vectors)."""
-        counts = self.split.item_counts(self.num_items)
+        counts = item_counts(self.train_sequences, self.num_items)
         if self.logged_clicks is not None:
             counts = counts + self.logged_clicks.item_counts(self.num_items)
         return torch.as_tensor(counts)
@@ -186,7 +220,7 @@ class RecDataModule(pl.LightningDataModule):
         with the user tower's states: column 0 the target of the profile alone (only in a window starting at -1),
         then the target after each history item.
         """
-        histories, targets = self._mode.training_targets(self.split.train, examples)
+        histories, targets = self._mode.training_targets(self.train_sequences, examples)
         valid = targets >= 0
         unique, column = torch.unique(targets[valid], return_inverse=True)
         positive = torch.full_like(targets, -1).masked_scatter(valid, column)
@@ -222,7 +256,7 @@ class RecDataModule(pl.LightningDataModule):
             return StepBatches(examples, make_batch, hp.batch_size, hp.seed, trainer.global_rank, trainer.world_size,
                                current_step=step)
 
-        examples = self._mode.training_examples(self.split.train, hp.history_len, hp.min_history)
+        examples = self._mode.training_examples(self.train_sequences, hp.history_len, hp.min_history)
         log.info("%d training examples for %s users", len(examples), self._mode.name)
         if self.logged_clicks is None:
             return batches(examples, self.train_batch)

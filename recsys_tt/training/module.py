@@ -11,7 +11,6 @@ import pytorch_lightning as pl
 import torch
 
 from recsys_tt.data.text import trim
-from recsys_tt.model.backbone import load_model
 from recsys_tt.model.encoder import Encoder, autocast_dtype
 from recsys_tt.model.loss import InBatchSoftmax, LossConfig, effective_sample_share
 from recsys_tt.model.metrics import catalog_scores, exclude_seen, ranking_metrics, target_ranks
@@ -77,7 +76,7 @@ class TwoTowerModule(pl.LightningModule):
                 raise ValueError(f"model.{name} must be positive, got {getattr(self.hparams, name)}.")
         if not eval_ks or min(eval_ks) <= 0:
             raise ValueError(f"model.eval_ks must be positive cut-offs, got {eval_ks}.")
-        self.model = TwoTower(load_model(tower.backbone, tower.backbone_dtype), tower, num_items)
+        self.model = TwoTower.from_config(tower, num_items)
         self.loss = InBatchSoftmax(loss, num_items)
         if init_checkpoint is not None:
             path = resolve_checkpoint(init_checkpoint)
@@ -92,6 +91,7 @@ class TwoTowerModule(pl.LightningModule):
         self.autocast_dtype: torch.dtype | None = None  # outside a trainer: the precision it evaluated in
         self.catalog_vectors: torch.Tensor | None = None  # (N, D) item vectors during evaluation
         self.click_weight: torch.Tensor | None = None  # (E,) off-policy weights of the logged clicks, for the run
+        self.register_buffer("cold_items", None, persistent=False)  # (N,) bool: held out of training (data.cold_items)
 
     def load_trainable(self, state: dict[str, torch.Tensor], source: str | Path) -> None:
         """Loads a checkpoint's trainable weights: the towers' (``model.*``) and the loss's (``loss.*``)."""
@@ -105,6 +105,7 @@ class TwoTowerModule(pl.LightningModule):
             raise ValueError(f"The data has {datamodule.num_items} items but the model was built for "
                              f"{self.hparams.num_items}; use the dataset the checkpoint was trained on.")
         self.item_tokens = datamodule.item_tokens
+        self.cold_items = datamodule.cold_item_mask if datamodule.hparams.cold_items else None  # moves with the module
         if stage == "fit":
             counts = datamodule.item_counts
             self.loss.set_item_counts(counts)
@@ -168,7 +169,7 @@ class TwoTowerModule(pl.LightningModule):
         # selecting the real rows would make the host wait for the device to count them.
         users, positive = users.reshape(-1, users.shape[-1]), positive.reshape(-1)
         weight = None if weight is None else weight.reshape(-1)
-        loss = self.loss(users, items, positive, columns, weight)
+        loss = self.loss(users, items, positive, columns, weight, held_out=self.cold_items)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(positive))
         self.log("train/temperature", self.loss.temperature, batch_size=len(positive))
         return loss
@@ -217,6 +218,16 @@ class TwoTowerModule(pl.LightningModule):
         for name, values in metrics.items():
             self.log(f"{prefix}/{name}", values.mean(), batch_size=len(values), sync_dist=True,
                      prog_bar=name == "ndcg@10")
+        if self.cold_items is not None and prefix == "test":
+            self._log_by_target_kind(metrics, self.cold_items[batch["target"]], prefix)
+
+    def _log_by_target_kind(self, metrics: dict[str, torch.Tensor], cold: torch.Tensor, prefix: str) -> None:
+        """The metrics of the users whose target is a cold item and of those whose target is warm."""
+        for kind, rows in (("cold", cold), ("warm", ~cold)):
+            count = int(rows.sum())  # evaluation may wait for the device; a batch without such users logs nothing
+            for name, values in metrics.items():
+                if count:
+                    self.log(f"{prefix}_{kind}/{name}", values[rows].mean(), batch_size=count, sync_dist=True)
 
     # ----- optimisation and checkpoints ---------------------------------------------------------------
     def configure_optimizers(self):

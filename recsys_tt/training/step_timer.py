@@ -72,7 +72,7 @@ class StepTimer(pl.Callback):
         if not self.steps or not self.seconds:
             raise RuntimeError(f"No steps were timed: the run needs more than {self.warmup} warm-up steps.")
         out = {"steps_per_s": self.steps / self.seconds, "targets_per_s": self.targets / self.seconds,
-               "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}
+               "peak_rss_gb": peak_rss_gb()}
         if self.flops_per_target is not None:
             out |= {"gflop_per_target": self.flops_per_target / 1e9,
                     "tflop_per_s": self.flops_per_target * out["targets_per_s"] / 1e12}
@@ -81,23 +81,32 @@ class StepTimer(pl.Callback):
         return out
 
 
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
 def timed_fit(args: list[str], steps: int, warmup: int, out: str, test: bool = False) -> dict:
     """``train.py fit`` with ``args`` (a config, then overrides) for ``warmup + steps`` steps without validation, the
-    last ``steps`` timed (``StepTimer.report``); with ``test``, then the full test (``test_ndcg@10``, ``test_seconds``)
-    and the weights saved as ``out/timed.ckpt``."""
+    last ``steps`` timed (``StepTimer.report``), and ``fit_seconds``, the whole fit's wall-clock time; with ``test``,
+    then the full test (every logged ``test*/`` metric as ``test_<name>``, e.g. ``test_ndcg@10``, and
+    ``test_seconds``) and the weights saved as ``out/timed.ckpt``."""
     from recsys_tt.training.lightning_cli import main
 
     timer = json.dumps({"class_path": "recsys_tt.training.step_timer.StepTimer", "init_args": {"warmup": warmup}})
+    started = time.perf_counter()
     cli = main(["fit", "--config", *args, "--test_after_fit", "false", "--trainer.enable_progress_bar", "false",
                 "--trainer.max_steps", str(warmup + steps), "--trainer.limit_val_batches", "0",
                 "--trainer.logger.init_args.save_dir", out, f"--trainer.callbacks+={timer}"])
     numbers = next(c for c in cli.trainer.callbacks if isinstance(c, StepTimer)).report()
-    numbers |= {"precision": str(cli.trainer.precision), "batch_windows": cli.datamodule.hparams.batch_size,
+    numbers |= {"fit_seconds": time.perf_counter() - started, "precision": str(cli.trainer.precision),
+                "batch_windows": cli.datamodule.hparams.batch_size,
                 "gradient_checkpointing": cli.model.model.config.gradient_checkpointing}
     if test:
         started = time.perf_counter()
         tested = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
-        numbers |= {"test_ndcg@10": tested["test/ndcg@10"], "test_seconds": time.perf_counter() - started}
+        numbers |= {name.replace("/", "_", 1): value for name, value in tested.items()}
+        numbers |= {"test_seconds": time.perf_counter() - started, "peak_rss_gb": peak_rss_gb()}
         cli.trainer.save_checkpoint(Path(out) / "timed.ckpt")
     return numbers
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_tt.data.tables import DataError, LeaveOneOut, load_interaction_data
+from recsys_tt.data.tables import DataError, LeaveOneOut, item_counts, load_interaction_data
 from tests.helpers import write_tiny_dataset
 
 
@@ -40,7 +40,7 @@ def test_leave_one_out_split():
     assert split.history(0, "valid").tolist() == [5, 6]
     assert split.history(0, "test").tolist() == [5, 6, 7]  # the validation item precedes the test item
     assert split.history(0, "all").tolist() == [5, 6, 7, 8] and split.history(1, "all").tolist() == [1, 2]
-    assert split.item_counts(10).tolist() == [0, 1, 0, 1, 0, 1, 1, 0, 0, 0]
+    assert item_counts(split.train, 10).tolist() == [0, 1, 0, 1, 0, 1, 1, 0, 0, 0]
 
 
 def _rewrite(path, edit):

@@ -155,6 +155,17 @@ def test_catalog_negatives_are_the_full_softmax_without_logq():
         LossConfig(negatives="catalog", memory_size=8)
 
 
+def test_held_out_catalog_items_are_never_scored():
+    """Cold items (data.cold_items): the softmax runs over the other items only, as if the held-out ones did not exist."""
+    loss = InBatchSoftmax(LossConfig(temperature=0.1, negatives="catalog"), num_items=5)
+    user, item = _vectors(3), _vectors(5, seed=4)
+    held_out = torch.tensor([False, True, False, False, True])
+    got = loss(user, item, torch.tensor([0, 2, 3]), torch.arange(5), held_out=held_out)
+    kept = item[~held_out]  # items 0, 2, 3 become columns 0, 1, 2
+    assert got.item() == pytest.approx(_reference(user, kept, torch.tensor([0, 1, 2]), 0.1), rel=1e-5)
+    assert got.item() < loss(user, item, torch.tensor([0, 2, 3]), torch.arange(5)).item()
+
+
 def test_a_checkpoint_with_the_older_scalar_temperature_loads():
     old = {"log_temperature": torch.tensor(math.log(0.07))}  # saved before the parameter became (1,) for FSDP
     module = InBatchSoftmax(LossConfig(), num_items=3)

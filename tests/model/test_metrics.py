@@ -19,14 +19,20 @@ from recsys_tt.model.metrics import (
 )
 
 
-def test_ranks_count_strictly_better_items_after_excluding_seen_ones():
+def test_ranks_count_better_and_tied_items_after_excluding_seen_ones():
     scores = torch.tensor([[0.9, 0.8, 0.7, 0.6], [0.1, 0.5, 0.5, 0.9]])
     seen = torch.tensor([[0, -1], [3, 1]])
     masked = exclude_seen(scores, seen)
     assert torch.isinf(masked[0, 0]) and torch.isinf(masked[1, 3]) and torch.isinf(masked[1, 1])
     # row 0: target item 2, item 1 (0.8) is above it once item 0 is excluded; row 1: item 2 ties with nothing left
     assert target_ranks(masked, torch.tensor([2, 2])).tolist() == [1, 0]
-    assert target_ranks(scores, torch.tensor([2, 2])).tolist() == [2, 1]  # a tie (0.5 = 0.5) is not counted
+    assert target_ranks(scores, torch.tensor([2, 2])).tolist() == [2, 2]  # the tie (0.5 = 0.5) counts against it
+
+
+def test_constant_scores_rank_every_target_last_and_nan_targets_miss():
+    assert target_ranks(torch.zeros(2, 5), torch.tensor([0, 3])).tolist() == [4, 4]
+    scores = torch.tensor([[float("nan"), 0.2, 0.1]])
+    assert target_ranks(scores, torch.tensor([0])).tolist() == [2]
 
 
 def test_recall_ndcg_and_mrr_at_k_have_their_textbook_values():

@@ -11,7 +11,7 @@ from recsys_tt.model.weights import is_base_weight
 
 def _tower(tiny_bert, **overrides) -> TwoTower:
     config = TowerConfig(backbone=tiny_bert, **overrides)
-    return TwoTower(load_model(tiny_bert), config, num_items=6)
+    return TwoTower.from_config(config, num_items=6)
 
 
 def _tokens(n=4, length=5):
@@ -249,3 +249,30 @@ def test_building_towers_raises_no_deprecation_warnings(tiny_bert):
         warnings.simplefilter("error", DeprecationWarning)
         tower = _tower(tiny_bert, gradient_checkpointing=True, lora_targets="all-linear")
     assert tower.encoder.base_model.model.is_activation_checkpointing
+
+
+def test_random_backbone_is_not_the_pretrained_one_and_is_rebuilt_identically(tiny_bert, tmp_path):
+    model = load_model(tiny_bert)  # the fixture is itself seeded random weights: shift them to tell them apart
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model.save_pretrained(tmp_path)
+    pretrained = load_model(str(tmp_path)).state_dict()
+    first, second = (load_model(str(tmp_path), init="random").state_dict() for _ in range(2))
+    name = "encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(first[name], pretrained[name])
+    assert all(torch.equal(first[k], second[k]) for k in first)  # an export rebuilds it from its config
+    torch.manual_seed(1)
+    before = torch.rand(1)
+    torch.manual_seed(1)
+    load_model(tiny_bert, init="random")
+    assert torch.equal(torch.rand(1), before)  # the caller's random stream is left as it was
+
+
+def test_frozen_adapters_leave_only_heads_history_input_and_ids_to_train(tiny_bert):
+    tower = _tower(tiny_bert, train_adapters=False, projection_dim=16)
+    ids, mask = _tokens()
+    tower.encode_items(ids, mask, torch.arange(4))
+    tower.encode_user_text(ids, mask)  # switching adapters must not unfreeze them
+    trainable = {n.split(".")[0] for n, p in tower.named_parameters() if p.requires_grad}
+    assert trainable == {"heads", "item_ids", "history_in"}

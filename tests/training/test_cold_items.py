@@ -1,0 +1,36 @@
+"""data.cold_items: a share of the catalog held out of training, scored from text alone, reported apart in test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recsys_tt.training.lightning_cli import main
+from tests.helpers import train_args
+
+
+@pytest.mark.parametrize("negatives", ["catalog", "batch"])
+def test_cold_items_are_never_trained_on_and_test_reports_them_apart(tmp_path, tiny_dataset, tiny_bert, negatives):
+    cli = main(train_args(tmp_path, tiny_dataset, tiny_bert, 4, "--data.cold_items", "0.25",
+                          "--model.loss.negatives", negatives, "--model.id_lr", "0.5"))
+    data, tower = cli.datamodule, cli.model.model
+    cold = data.cold_item_mask
+    assert int(cold.sum()) == 3  # a quarter of the 12 items
+    assert not any(cold[seq].any() for seq in data.train_sequences)
+    assert any(cold[seq].any() for seq in data.split.train)  # so the filter did remove some
+    assert not tower.seen_items[cold].any() and tower.seen_items[~cold].any()
+    assert torch.count_nonzero(tower.item_ids.weight[cold]) == 0  # their id vectors never moved
+    assert torch.count_nonzero(tower.item_ids.weight[~cold]) > 0
+    metrics = cli.trainer.callback_metrics
+    targets = torch.as_tensor(data.split.test)
+    is_cold = cold[targets[targets >= 0]]
+    n_cold, n_warm = int(is_cold.sum()), int((~is_cold).sum())
+    assert n_cold and n_warm
+    for name in ("ndcg@10", "recall@10"):
+        both = n_cold * metrics[f"test_cold/{name}"] + n_warm * metrics[f"test_warm/{name}"]
+        assert float(both / (n_cold + n_warm)) == pytest.approx(float(metrics[f"test/{name}"]), abs=1e-5)
+
+
+def test_a_cold_share_outside_zero_to_one_is_refused(tmp_path, tiny_dataset, tiny_bert):
+    with pytest.raises(ValueError, match=r"data.cold_items is a share of the catalog in \[0, 1\), got 1.0"):
+        main(train_args(tmp_path, tiny_dataset, tiny_bert, 1, "--data.cold_items", "1.0"))
