@@ -71,6 +71,10 @@ class TowerConfig:
     no gradient: set the strategy's ``find_unused_parameters``."""
     item_id_embeddings: bool = True
     """Add a learned id vector to the text vector of items seen in training."""
+    item_id_dropout: float = 0.0
+    """In training, the share of item occurrences (softmax columns, history inputs) that go without their id vector,
+    drawn afresh every step. Items added after training have no id vector, so without this they are vectors of a
+    kind the model never ranked; dropping ids teaches the text vector alone to sit where the item belongs."""
     backbone_init: Literal["pretrained", "random"] = "pretrained"
     """The backbone's weights: its language pretraining, or its architecture randomly initialised (a fixed seed),
     which measures what the pretraining contributes."""
@@ -101,6 +105,8 @@ class TowerConfig:
             raise ValueError(f"bucket_rows must be positive or null, got {self.bucket_rows}.")
         if self.user_layers is not None and (self.user_layers <= 0 or not reads_item_vectors):
             raise ValueError(f"user_layers ({self.user_layers}) must be positive and needs user_input: item_vectors.")
+        if not 0 <= self.item_id_dropout < 1:
+            raise ValueError(f"item_id_dropout must be in [0, 1), got {self.item_id_dropout}.")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
 
@@ -210,6 +216,8 @@ class TwoTower(nn.Module):
             return text
         index = items.clamp(max=self.num_items - 1)
         known = (items < self.num_items) & self.seen_items[index]
+        if self.training and self.config.item_id_dropout:
+            known = known & (torch.rand(items.shape, device=items.device) >= self.config.item_id_dropout)
         return F.normalize(text + self.item_ids(index).float() * known.unsqueeze(-1), dim=-1)
 
     def encode_items(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

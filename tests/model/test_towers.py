@@ -276,3 +276,19 @@ def test_frozen_adapters_leave_only_heads_history_input_and_ids_to_train(tiny_be
     tower.encode_user_text(ids, mask)  # switching adapters must not unfreeze them
     trainable = {n.split(".")[0] for n, p in tower.named_parameters() if p.requires_grad}
     assert trainable == {"heads", "item_ids", "history_in"}
+
+
+def test_item_id_dropout_drops_ids_in_training_only(tiny_bert):
+    tower = _tower(tiny_bert, item_id_dropout=0.5)
+    with torch.no_grad():
+        tower.item_ids.weight.normal_()
+    text = torch.nn.functional.normalize(torch.randn(6, tower.dim), dim=-1)
+    items = torch.arange(6).repeat(200)
+    torch.manual_seed(0)
+    trained = tower.add_item_ids(text.repeat(200, 1), items)
+    kept_text = torch.isclose(trained, text.repeat(200, 1)).all(-1)
+    assert 0.4 < kept_text.float().mean() < 0.6  # about half the occurrences lost their id vector
+    tower.eval()
+    assert not torch.isclose(tower.add_item_ids(text, torch.arange(6)), text).all(-1).any()
+    with pytest.raises(ValueError, match="item_id_dropout must be in"):
+        TowerConfig(item_id_dropout=1.0)
