@@ -71,6 +71,9 @@ class TowerConfig:
     no gradient: set the strategy's ``find_unused_parameters``."""
     item_id_embeddings: bool = True
     """Add a learned id vector to the text vector of items seen in training."""
+    item_id_max_norm: float | None = None
+    """Caps each id vector's length (a text vector's is 1), so an item's vector stays near its text vector: what ranks
+    an item must then be in its text, where items without an id vector (cold ones) share it. None: no cap."""
     item_id_dropout: float = 0.0
     """In training, the share of item occurrences (softmax columns, history inputs) that go without their id vector,
     drawn afresh every step. Items added after training have no id vector, so without this they are vectors of a
@@ -105,6 +108,8 @@ class TowerConfig:
             raise ValueError(f"bucket_rows must be positive or null, got {self.bucket_rows}.")
         if self.user_layers is not None and (self.user_layers <= 0 or not reads_item_vectors):
             raise ValueError(f"user_layers ({self.user_layers}) must be positive and needs user_input: item_vectors.")
+        if self.item_id_max_norm is not None and self.item_id_max_norm <= 0:
+            raise ValueError(f"item_id_max_norm must be positive or null, got {self.item_id_max_norm}.")
         if not 0 <= self.item_id_dropout < 1:
             raise ValueError(f"item_id_dropout must be in [0, 1), got {self.item_id_dropout}.")
         if not 0 <= self.lora_dropout < 1:
@@ -218,7 +223,14 @@ class TwoTower(nn.Module):
         known = (items < self.num_items) & self.seen_items[index]
         if self.training and self.config.item_id_dropout:
             known = known & (torch.rand(items.shape, device=items.device) >= self.config.item_id_dropout)
-        return F.normalize(text + self.item_ids(index).float() * known.unsqueeze(-1), dim=-1)
+        return F.normalize(text + self._id_vectors(index) * known.unsqueeze(-1), dim=-1)
+
+    def _id_vectors(self, index: torch.Tensor) -> torch.Tensor:
+        vectors = self.item_ids(index).float()
+        cap = self.config.item_id_max_norm
+        if cap is None:
+            return vectors
+        return vectors * (cap / vectors.norm(dim=-1, keepdim=True).clamp(min=cap)).clamp(max=1.0)
 
     def encode_items(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      items: torch.Tensor | None = None) -> torch.Tensor:

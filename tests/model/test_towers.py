@@ -292,3 +292,18 @@ def test_item_id_dropout_drops_ids_in_training_only(tiny_bert):
     assert not torch.isclose(tower.add_item_ids(text, torch.arange(6)), text).all(-1).any()
     with pytest.raises(ValueError, match="item_id_dropout must be in"):
         TowerConfig(item_id_dropout=1.0)
+
+
+def test_item_id_max_norm_caps_long_id_vectors_and_keeps_short_ones(tiny_bert):
+    tower = _tower(tiny_bert, item_id_max_norm=0.5)
+    with torch.no_grad():
+        tower.item_ids.weight.zero_()
+        tower.item_ids.weight[0, 0] = 3.0  # long: capped to 0.5
+        tower.item_ids.weight[1, 0] = 0.2  # short: kept
+    text = torch.zeros(2, tower.dim)
+    text[:, 1] = 1.0
+    vectors = tower.add_item_ids(text, torch.tensor([0, 1]))
+    expected = torch.nn.functional.normalize(torch.tensor([[0.5, 1.0], [0.2, 1.0]]), dim=-1)
+    assert torch.allclose(vectors[:, :2], expected, atol=1e-6)
+    with pytest.raises(ValueError, match="item_id_max_norm must be positive"):
+        TowerConfig(item_id_max_norm=0.0)
