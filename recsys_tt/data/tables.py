@@ -44,8 +44,15 @@ def read_table(path: str | Path) -> pd.DataFrame:
     try:
         table = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as err:  # datasets raises many types for malformed files; all mean the same to the user
-        raise DataError(f"{path} could not be parsed as {builder}: {err}") from err
+        raise DataError(f"{path} could not be parsed as {builder}: {_root_cause(err)}") from err
     return table.to_pandas()
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost error's message: datasets wraps the parser's (which names the line) in a generic one."""
+    while (inner := err.__cause__ or err.__context__) is not None:
+        err = inner
+    return str(err)
 
 
 def _require_utf8(path: Path, probe: int = 1 << 20) -> str:
@@ -223,6 +230,12 @@ class LeaveOneOut:
 
     def targets(self, stage: str) -> np.ndarray:
         return self.valid if stage == "valid" else self.test
+
+    def repeated_targets(self, stage: str) -> np.ndarray:
+        """Users whose ``stage`` target already occurs in their history. Full ranking excludes the history, as it ranks
+        the items a user has not had, so these targets cannot be hit: they count as misses."""
+        targets = self.targets(stage)
+        return np.asarray([u for u, t in enumerate(targets) if t >= 0 and t in self.history(u, stage)], dtype=np.int64)
 
 
 def item_counts(sequences: list[np.ndarray], num_items: int) -> np.ndarray:

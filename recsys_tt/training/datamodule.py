@@ -151,7 +151,14 @@ class RecDataModule(pl.LightningDataModule):
 
     @functools.cached_property
     def split(self) -> LeaveOneOut:
-        return LeaveOneOut.split(self.data.sequences)
+        split = LeaveOneOut.split(self.data.sequences)
+        for stage in ("valid", "test"):
+            repeated = split.repeated_targets(stage)
+            if len(repeated):
+                log.warning("%d users' %s item repeats an item earlier in their history; ranking excludes the history "
+                            "(it ranks what a user has not had), so these count as misses (first user: %s)",
+                            len(repeated), stage, self.data.user_ids[repeated[0]])
+        return split
 
     @property
     def num_items(self) -> int:

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_tt.data.tables import DataError, LeaveOneOut, item_counts, load_interaction_data
+from recsys_tt.data.tables import DataError, LeaveOneOut, item_counts, load_interaction_data, read_table
 from tests.helpers import write_tiny_dataset
 
 
@@ -66,6 +66,14 @@ def test_bad_input_names_file_row_and_fix(tmp_path, table, edit, message):
         load_interaction_data(paths["interactions"], paths["items"], paths["users"])
 
 
+def test_a_ragged_csv_row_is_named_with_the_reason(tmp_path):
+    path = tmp_path / "interactions.csv"
+    path.write_text("user_id,item_id,timestamp\n1,2,3\n1,3,4,5,6\n2,3,4\n")
+    with pytest.raises(DataError, match=r"interactions.csv could not be parsed as csv: .*Expected 3 fields in line 3, "
+                                        r"saw 5"):
+        read_table(path)
+
+
 def test_missing_and_unsupported_files_are_refused(tmp_path, tiny_dataset):
     with pytest.raises(DataError, match="does not exist"):
         load_interaction_data(tmp_path / "none.csv", tiny_dataset["items"])
@@ -119,3 +127,9 @@ def test_repeated_rows_are_kept_and_reported(tmp_path, caplog):
     data = load_interaction_data(paths["interactions"], paths["items"], paths["users"])
     assert sum(map(len, data.sequences)) == 49
     assert "1 rows repeat an earlier (user_id, item_id, timestamp)" in caplog.text
+
+
+def test_targets_that_repeat_a_history_item_are_found():
+    split = LeaveOneOut.split([np.array([0, 1, 2, 1]), np.array([3, 4, 5]), np.array([6, 6, 7])])
+    assert split.repeated_targets("test").tolist() == [0]  # user 0's test item 1 is in their history
+    assert split.repeated_targets("valid").tolist() == [2]  # user 2's validation item 6 is their first item too
