@@ -15,6 +15,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from recsys_tt.cli import document_options, log_to_console, user_errors
 from recsys_tt.model.metrics import ranking_metrics
 from recsys_tt.training.callbacks import ProgressLog
+from recsys_tt.training.checkpoint_files import read_checkpoint
 from recsys_tt.training.datamodule import RecDataModule
 from recsys_tt.training.module import TwoTowerModule
 
@@ -49,6 +50,15 @@ class TwoTowerCLI(LightningCLI):
         if monitor is not None and monitor not in logged:
             raise ValueError(f"--best_checkpoint.monitor {monitor} is not logged by this run; validation logs "
                              f"{', '.join(logged)} (set by --model.eval_ks).")
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads --ckpt_path here, before any hook, and a file it cannot load safely ends in its traceback
+        (advising an unsafe load): read it our way first, so such a file is refused in one line."""
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and path not in ("best", "last", "hpc", "registry"):
+            read_checkpoint(path)
+        super()._parse_ckpt_path()
 
     def after_fit(self) -> None:
         if self.config.fit.test_after_fit:

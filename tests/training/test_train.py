@@ -185,3 +185,25 @@ def test_fast_dev_run_trains_and_tests_one_batch_without_writing_a_run(tmp_path,
     cli = main([*args, "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path / "root")])
     assert cli.trainer.global_step == 1 and "test/ndcg@10" in cli.trainer.callback_metrics
     assert not (tmp_path / "ml100k_minilm").exists()  # Lightning's dummy logger writes nothing, curves included
+
+
+class _RunsCode:
+    """Unpickling this runs code: what a malicious checkpoint does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "test"])
+def test_an_unsafe_ckpt_path_is_refused_in_one_line_before_anything_runs(tmp_path, tiny_dataset, tiny_bert,
+                                                                       subcommand):
+    evil, marker = tmp_path / "evil.ckpt", tmp_path / "ran"
+    torch.save({"state_dict": {}, "payload": _RunsCode(marker)}, evil)
+    args = _args(tmp_path, tiny_dataset, tiny_bert, 2, "--ckpt_path", str(evil))
+    with pytest.raises(ValueError, match="not a checkpoint torch can read safely") as refused:
+        main([subcommand, *args[1:]])
+    assert "weights_only=False" not in str(refused.value) and "\n" not in str(refused.value)
+    assert not marker.exists()
