@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Literal
 
 import torch
+from jsonargparse import ArgumentError
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -76,10 +78,15 @@ class TwoTowerCLI(LightningCLI):
         return best.best_model_path
 
 
-def main(args: list[str] | None = None) -> TwoTowerCLI:
+def main(args: list[str] | None = None, exit_on_error: bool = True) -> TwoTowerCLI:
+    """The CLI on ``args`` (default: the command line). Without ``exit_on_error`` a bad argument raises
+    ``ArgumentError`` instead of printing the whole usage and exiting."""
     log_to_console()
     document_options()
-    return TwoTowerCLI(TwoTowerModule, RecDataModule, args=args, save_config_kwargs={"overwrite": True})
+    quiet = {"exit_on_error": False} if not exit_on_error else {}
+    parser_kwargs = quiet | {name: quiet for name in TwoTowerCLI.subcommands()} if quiet else None
+    return TwoTowerCLI(TwoTowerModule, RecDataModule, args=args, save_config_kwargs={"overwrite": True},
+                       parser_kwargs=parser_kwargs)
 
 
 def run() -> None:
@@ -87,7 +94,12 @@ def run() -> None:
     failure that says where to resume, not as success."""
     with user_errors():
         try:
-            main()
+            main(exit_on_error=False)
+        except ArgumentError as err:  # one line, not the 130 lines of usage jsonargparse prints before it
+            subcommand = next((a for a in sys.argv[1:] if a in TwoTowerCLI.subcommands()), "fit")
+            print(f"error: {err}\n(`{Path(sys.argv[0]).name} {subcommand} --help` lists the options; "
+                  f"`--print_config` shows the values a config sets)", file=sys.stderr)
+            sys.exit(2)
         except SIGTERMException:
             log.error("Stopped by SIGTERM before the run finished; nothing was tested. Resume with --ckpt_path "
                       "<run>/checkpoints/last.ckpt.")

@@ -207,3 +207,15 @@ def test_an_unsafe_ckpt_path_is_refused_in_one_line_before_anything_runs(tmp_pat
         main([subcommand, *args[1:]])
     assert "weights_only=False" not in str(refused.value) and "\n" not in str(refused.value)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("bad", [["--config", "configs/no_such.yaml"], ["--config", "configs/smoke.yaml",
+                                                                         "--model.no_such_option", "1"]])
+def test_a_bad_argument_on_the_command_line_is_two_lines_not_the_usage(bad):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "train.py", "fit", *bad], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 2 and lines[0].startswith("error: ") and "fit --help" in lines[1], done.stderr[-2000:]
