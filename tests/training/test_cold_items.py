@@ -34,3 +34,25 @@ def test_cold_items_are_never_trained_on_and_test_reports_them_apart(tmp_path, t
 def test_a_cold_share_outside_zero_to_one_is_refused(tmp_path, tiny_dataset, tiny_bert):
     with pytest.raises(ValueError, match=r"data.cold_items is a share of the catalog in \[0, 1\), got 1.0"):
         main(train_args(tmp_path, tiny_dataset, tiny_bert, 1, "--data.cold_items", "1.0"))
+
+
+def test_the_export_holds_cold_items_as_add_items_would_place_them(tmp_path, tiny_dataset, tiny_bert):
+    import numpy as np
+    import pandas as pd
+
+    from recsys_tt.export.catalog import add_items
+    from recsys_tt.export.folder import ExportFolder
+    from recsys_tt.training.export import export_model
+
+    cli = main(train_args(tmp_path, tiny_dataset, tiny_bert, 4, "--data.cold_items", "0.25", "--model.id_lr", "0.5"))
+    cold = cli.datamodule.cold_item_mask.numpy()
+    export = ExportFolder.load(export_model(cli.trainer.ckpt_path, tmp_path / "export"))
+    assert (export.items["train_count"].to_numpy()[cold] == 0).all()
+    assert np.allclose(export.vectors[cold], export.text_vectors[cold], atol=1e-6)  # no id vector
+    assert not np.allclose(export.vectors[~cold], export.text_vectors[~cold], atol=1e-3)
+    # The same items again, as new ones from their text: the vectors that the test ranked.
+    again = pd.read_csv(tiny_dataset["items"]).iloc[np.flatnonzero(cold)]
+    again.assign(item_id="new-" + again["item_id"].astype(str)).to_csv(tmp_path / "again.csv", index=False)
+    add_items(export.folder, tmp_path / "again.csv")
+    extended = ExportFolder.load(export.folder)
+    assert np.allclose(extended.vectors[-int(cold.sum()):], export.vectors[cold], atol=1e-5)
