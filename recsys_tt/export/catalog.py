@@ -11,7 +11,7 @@ import pandas as pd
 
 from recsys_tt.data.tables import DataError, read_ids
 from recsys_tt.data.text import render_table
-from recsys_tt.export.folder import ExportFolder, hashed_files
+from recsys_tt.export.folder import ExportFolder, hashed_files, require_finite
 from recsys_tt.export.model_card import model_card
 from recsys_tt.files import folder_digests, replacing
 
@@ -35,6 +35,7 @@ def add_items(export_dir: str | Path, items_file: str | Path) -> dict:
     texts = render_table(export.templates.item, new, "item")
     names = render_table(export.templates.history_item, new, "item")
     text = export.encoder.item_text(export.item_tokens(texts), progress=True).float().cpu().numpy()
+    require_finite(text, items_file, "these items' texts encode to non-finite vectors; nothing was added")
     items = pd.concat([export.items, pd.DataFrame({"item_id": new["item_id"], "text": texts, "history_name": names,
                                                    "train_count": 0})], ignore_index=True)
     _write_extended(export, items, text, text)  # new items have no trained id vector: their vector is their text

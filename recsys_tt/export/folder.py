@@ -41,6 +41,15 @@ FORMAT_VERSION = 3  # 3: weights as peft adapters + safetensors (2: one weights.
 DATA_FILES = ("index.faiss", "vectors.npy", "text_vectors.npy", "items.parquet", "users.parquet")
 
 
+def require_finite(vectors: np.ndarray | torch.Tensor, source: str | Path, fix: str) -> None:
+    """Refuses vectors with a NaN or infinite value, naming the first such row: served, they would break every
+    answer that ranks them, and the index would hold them silently."""
+    bad = ~np.isfinite(np.asarray(vectors)).all(axis=-1)
+    if bad.any():
+        raise ValueError(f"{source}: row {int(np.flatnonzero(bad)[0])} ({int(bad.sum())} rows in all) holds NaN or "
+                         f"infinite values; {fix}.")
+
+
 def hashed_files(adapters: list[str]) -> list[str]:
     """The files whose sha256 meta.json records: all but meta.json itself and the model card."""
     return [*DATA_FILES, *weight_files(adapters)]
@@ -99,6 +108,8 @@ class ExportFolder:
             if tuple(shape) != expected:
                 raise ValueError(f"{folder / name} holds {tuple(shape)} but meta.json says {expected}; "
                                  "the folder was modified after export. Re-export it.")
+        for name, values in (("vectors.npy", vectors), ("text_vectors.npy", text)):
+            require_finite(values, folder / name, "re-export it")
         if index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise ValueError(f"{folder / 'index.faiss'} does not use inner product; re-export it.")
         return cls(folder, meta, pd.read_parquet(folder / "items.parquet"), pd.read_parquet(folder / "users.parquet"),

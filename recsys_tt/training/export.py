@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys_tt.export.folder import FORMAT_VERSION, dataset_user_batches, hashed_files
+from recsys_tt.export.folder import FORMAT_VERSION, dataset_user_batches, hashed_files, require_finite
 from recsys_tt.export.index import build_index, recall_against_exact
 from recsys_tt.export.model_card import model_card
 from recsys_tt.files import folder_digests, replacing, sha256_file
@@ -61,6 +61,8 @@ def export_model(checkpoint: str | Path, out: str | Path, factory: str = "Flat",
     module.to(pick_device(device))
     encoder = module.encoder
     text, vectors = encoder.catalog()
+    require_finite(vectors, checkpoint, "the checkpoint encodes items to non-finite vectors (diverged training?): "
+                   "export an earlier checkpoint")
     index, seconds = build_index(vectors, factory, search_params)
     items, users = _tables(data)
     sample = np.random.default_rng(0).permutation(len(users))[:report_users]

@@ -126,6 +126,24 @@ def test_tampered_exports_are_refused(flat_export, tmp_path):
         ExportFolder.load(copy)
 
 
+def test_non_finite_vectors_are_refused_naming_the_file_and_row(flat_export, tmp_path):
+    import json
+    import shutil
+
+    from recsys_tt.files import sha256_file
+
+    copy = tmp_path / "copy"
+    shutil.copytree(flat_export, copy)
+    vectors = np.load(copy / "vectors.npy")
+    vectors[3, 0] = np.nan
+    np.save(copy / "vectors.npy", vectors)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["sha256"]["vectors.npy"] = sha256_file(copy / "vectors.npy")  # a folder damaged before it was hashed
+    (copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"vectors.npy: row 3 \(1 rows in all\) holds NaN or infinite values"):
+        ExportFolder.load(copy)
+
+
 def test_added_items_match_a_fresh_encoding_and_can_be_retrieved(flat_export, tmp_path, capsys):
     import shutil
 
