@@ -23,7 +23,8 @@ def _clock(seconds: float) -> str:
 
 
 class ProgressLog(pl.Callback):
-    """Every ``every_s`` seconds of training, one line: step / total, loss, targets/s, elapsed and whole-run ETA.
+    """Every ``every_s`` seconds of training, one line: step / total, loss, targets/s, elapsed and whole-run ETA;
+    after each validation, one line with its NDCG@10 and Recall@10 and the best so far.
 
     The ETA extrapolates the seconds per step since this fit started (validation included) to ``max_steps``.
     """
@@ -34,6 +35,7 @@ class ProgressLog(pl.Callback):
         self.every_s = every_s
         self.started = self.last = 0.0
         self.first_step = self.targets = 0
+        self.best: tuple[float, int] | None = None  # (validation NDCG@10, step)
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self.started = self.last = time.monotonic()
@@ -52,6 +54,17 @@ class ProgressLog(pl.Callback):
         log.info("step %d/%d (%.0f%%), loss %s, %.0f targets/s, elapsed %s, ETA %s", trainer.global_step, total,
                  100 * trainer.global_step / max(total, 1), "n/a" if loss is None else f"{float(loss):.4f}",
                  float(self.targets) / elapsed, _clock(elapsed), _clock(eta))
+
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        if trainer.sanity_checking or not trainer.is_global_zero or "val/ndcg@10" not in metrics:
+            return
+        ndcg, step = float(metrics["val/ndcg@10"]), trainer.global_step
+        if self.best is None or ndcg > self.best[0]:
+            self.best = (ndcg, step)
+        recall = metrics.get("val/recall@10")
+        log.info("validation at step %d: NDCG@10 %.4f%s (best %.4f at step %d)", step, ndcg,
+                 "" if recall is None else f", Recall@10 {float(recall):.4f}", *self.best)
 
 
 class PlotCurves(pl.Callback):

@@ -159,6 +159,11 @@ def test_training_logs_plain_progress_lines_with_a_whole_run_eta(tmp_path, tiny_
              if r.name == "recsys_tt.training.callbacks" and r.funcName == "on_train_batch_end"]
     assert [line.split(" (")[0] for line in lines] == ["step 1/3", "step 2/3", "step 3/3"]
     assert all(re.search(r"loss \d+\.\d{4}, \d+ targets/s, elapsed 0:00:\d\d, ETA 0:00:\d\d$", line) for line in lines)
+    validations = [r.getMessage() for r in caplog.records if r.funcName == "on_validation_end"]
+    assert len(validations) == 1  # val_check_interval 2 of 3 steps
+    ndcg = float(pd.read_csv(tmp_path / "ml100k_minilm" / "version_0" / "metrics.csv")["val/ndcg@10"].dropna().iloc[0])
+    assert re.fullmatch(rf"validation at step 2: NDCG@10 {ndcg:.4f}, Recall@10 \d\.\d{{4}} \(best {ndcg:.4f} at step "
+                        r"2\)", validations[0])
     with pytest.raises(ValueError, match="every_s must be positive"):
         main(_args(tmp_path, tiny_dataset, tiny_bert, 3, "--progress_log.every_s", "0"))
 
