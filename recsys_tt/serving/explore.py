@@ -22,13 +22,17 @@ import numpy as np
 _FLOAT32_FLOOR = -1e38  # logits below it (probability exp(-1e38) = 0) are clipped so float32 keys stay finite
 MIN_TEMPERATURE = 1e-8
 """Smallest positive temperature: below it a slate is greedy in effect and scores / temperature leaves float range."""
+MAX_TEMPERATURE = 1e6
+"""Largest temperature: cosine scores over it differ by under 2e-6, so a slate is uniform in effect; an adaptive
+boost is capped here too, so no product of settings reaches infinity."""
 
 
 def temperature_problem(temperature: float) -> str | None:
-    """Why ``temperature`` cannot be used, or None: it is 0 (greedy) or finite and >= MIN_TEMPERATURE."""
-    if temperature == 0 or (math.isfinite(temperature) and temperature >= MIN_TEMPERATURE):
+    """Why ``temperature`` cannot be used, or None: it is 0 (greedy) or in [MIN_TEMPERATURE, MAX_TEMPERATURE]."""
+    if temperature == 0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:
         return None
-    return f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}, got {temperature}"
+    return (f"temperature must be 0 (greedy) or a number from {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}, "
+            f"got {temperature}")
 
 
 @dataclass(frozen=True)
@@ -56,14 +60,15 @@ class ExplorationConfig:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"Exploration settings out of range: {', '.join(f'{b}={getattr(self, b)}' for b in bad)} "
-                             f"(temperature 0 or >= {MIN_TEMPERATURE:g}, head >= 0, 0 <= epsilon <= 1, "
-                             "adaptive_boost >= 0, adaptive_half_life > 0, propensity_samples >= 0).")
+                             f"(temperature 0 or {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}, head >= 0, "
+                             "0 <= epsilon <= 1, adaptive_boost >= 0, adaptive_half_life > 0, "
+                             "propensity_samples >= 0).")
 
     def user_temperature(self, history_length: int, temperature: float | None = None) -> float:
         """The temperature for a user with ``history_length`` known items (``temperature`` overrides the base)."""
         base = self.temperature if temperature is None else temperature
         half = self.adaptive_half_life
-        return base * (1.0 + self.adaptive_boost * half / (half + history_length))
+        return min(base * (1.0 + self.adaptive_boost * half / (half + history_length)), MAX_TEMPERATURE)
 
 
 @dataclass

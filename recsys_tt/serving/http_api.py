@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
-from recsys_tt.serving.explore import MIN_TEMPERATURE
+from recsys_tt.serving.explore import MAX_TEMPERATURE, MIN_TEMPERATURE
 from recsys_tt.serving.recommender import Recommender
 from recsys_tt.serving.requests import (
     MAX_SEED,
@@ -133,7 +133,8 @@ def request_bodies(config: ServingConfig, catalog_size: int) -> tuple[type[BaseM
         temperature: Number | None = Field(None, allow_inf_nan=False, description="Overrides the exploration "
                                            "temperature; 0 = greedy.", json_schema_extra={"anyOf": [
                                                {"type": "number", "const": 0},
-                                               {"type": "number", "minimum": MIN_TEMPERATURE}, {"type": "null"}]})
+                                               {"type": "number", "minimum": MIN_TEMPERATURE,
+                                                "maximum": MAX_TEMPERATURE}, {"type": "null"}]})
         seed: Seed | None = Field(None, description="Reproduces a slate exactly.")
         exclude: list[Text] = Field(default_factory=list, description="Item ids never to show.",
                                     json_schema_extra={"maxItems": config.max_exclude})

@@ -156,7 +156,7 @@ def test_catalog_negatives_are_the_full_softmax_without_logq():
 
 
 def test_held_out_catalog_items_are_never_scored():
-    """Cold items (data.cold_items): the softmax runs over the other items only, as if the held-out ones did not exist."""
+    """Cold items (data.cold_items): the softmax runs over the other items only, as if the held-out ones were absent."""
     loss = InBatchSoftmax(LossConfig(temperature=0.1, negatives="catalog"), num_items=5)
     user, item = _vectors(3), _vectors(5, seed=4)
     held_out = torch.tensor([False, True, False, False, True])

@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator
 from recsys_tt.data.propensity_log import Feedback, Impression, PropensityLog, read_feedback, read_impressions
 from recsys_tt.export.folder import ExportFolder
 from recsys_tt.offline.ope import bandit_feedback
-from recsys_tt.serving.explore import MIN_TEMPERATURE, ExplorationConfig
+from recsys_tt.serving.explore import MAX_TEMPERATURE, MIN_TEMPERATURE, ExplorationConfig
 from recsys_tt.serving.http_api import create_app
 from recsys_tt.serving.recommender import Recommender
 from recsys_tt.serving.requests import RecommendRequest, ServingConfig, UnknownItemsError, UnknownUserError
@@ -341,7 +341,8 @@ RECOMMEND_BODIES = [
     {"recent_item_ids": ["nope"]}, {"user_id": "nobody"}, {"user_id": "u1", "exclude": ["i1"] * 4},
     {"user_id": "u1", "exclude": ["i1"] * 5}, {"user_id": "u1", "temperature": 0},
     {"user_id": "u1", "temperature": MIN_TEMPERATURE}, {"user_id": "u1", "temperature": MIN_TEMPERATURE / 2},
-    {"user_id": "u1", "temperature": -0.1}, {"user_id": "u1", "k": 5.0}, {"user_id": "u1", "seed": 7.0},
+    {"user_id": "u1", "temperature": -0.1}, {"user_id": "u1", "temperature": MAX_TEMPERATURE},
+    {"user_id": "u1", "temperature": 1e308}, {"user_id": "u1", "k": 5.0}, {"user_id": "u1", "seed": 7.0},
     {"user_id": "u1", "k": 2.5}, {"user_id": "u1", "k": True}, {"user_id": "u1", "k": "5"},
 ]
 
@@ -421,3 +422,10 @@ def test_a_failed_batch_encode_fails_its_requests_and_not_the_next(flat_export):
         plain.recommend(RecommendRequest(user_id="u1", k=2))
     plain.user_vectors.encode = encode
     assert len(plain.recommend(RecommendRequest(user_id="u1", k=2))["items"]) == 2  # nothing stuck pending
+
+
+def test_an_adaptive_boost_on_the_largest_temperature_stays_finite():
+    config = ExplorationConfig(temperature=MAX_TEMPERATURE, adaptive_boost=1e300)
+    assert config.user_temperature(0) == MAX_TEMPERATURE
+    with pytest.raises(ValueError, match="temperature=1e\\+308"):
+        ExplorationConfig(temperature=1e308)
