@@ -163,6 +163,13 @@ class _Metrics:
             lambda: cache.misses)
 
 
+def _route(request: Request) -> str:
+    """The matched route's template (``/recommend``), or one label for every path no route serves: labelling by the
+    raw path would let each unknown URL add a series to /metrics, without bound."""
+    route = request.scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
+
+
 def create_app(recommender: Recommender) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -183,8 +190,9 @@ def create_app(recommender: Recommender) -> FastAPI:
         except Exception:
             metrics.errors.inc()
             raise
-        metrics.latency.labels(request.url.path).observe(time.perf_counter() - started)
-        metrics.requests.labels(request.url.path, str(response.status_code)).inc()
+        route = _route(request)
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
+        metrics.requests.labels(route, str(response.status_code)).inc()
         if response.status_code >= 500:
             metrics.errors.inc()
         return response

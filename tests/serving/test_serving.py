@@ -135,6 +135,18 @@ def test_bad_requests_are_refused_with_the_reason(recommender, request_fields, m
         recommender.recommend(RecommendRequest(recent_item_ids=["nope"]))
 
 
+def test_metrics_label_routes_so_unknown_paths_add_no_series(recommender):
+    with TestClient(create_app(recommender)) as client:
+        client.get("/health")
+        size = len(client.get("/metrics").text)
+        for i in range(200):
+            assert client.get(f"/no/such/path/{i}").status_code == 404
+        metrics = client.get("/metrics").text
+    assert 'recsys_requests_total{endpoint="unmatched",status="404"} 200.0' in metrics
+    assert "/no/such/path" not in metrics
+    assert len(metrics) < size + 3000  # one new series (and its histogram), not 200
+
+
 def test_http_api_serves_logs_and_takes_feedback(recommender, tmp_path):
     with TestClient(create_app(recommender)) as client:
         health = client.get("/health").json()
