@@ -40,7 +40,12 @@ def load_towers(model: TwoTower, folder: Path) -> None:
     refuses weights that do not fit it."""
     for name in model.adapters:
         path = folder / ADAPTERS / name / "adapter_model.safetensors"
-        result = set_peft_model_state_dict(model.encoder, load_file(str(path)), adapter_name=name)
+        try:
+            result = set_peft_model_state_dict(model.encoder, load_file(str(path)), adapter_name=name)
+        except RuntimeError as err:  # torch's size mismatch: the recorded config (lora_r, ...) is not the weights'
+            reason = str(err).splitlines()[-1].strip()
+            raise ValueError(f"{path} does not fit the {name} adapter its config describes (meta.json or the "
+                             f"checkpoint's hyper-parameters were changed?): {reason}") from None
         missing = [k for k in result.missing_keys if "lora_" in k and f".{name}." in k]
         if result.unexpected_keys or missing:
             raise ValueError(f"{path} does not fit the {name} adapter of backbone {model.config.backbone!r}: "

@@ -144,6 +144,21 @@ def test_non_finite_vectors_are_refused_naming_the_file_and_row(flat_export, tmp
         ExportFolder.load(copy)
 
 
+def test_a_config_that_does_not_fit_the_weights_is_refused_in_one_line(flat_export, tmp_path):
+    import json
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(flat_export, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["model_hparams"]["tower"]["lora_r"] *= 2
+    (copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"adapters/item/adapter_model.safetensors does not fit the item adapter its "
+                                         r"config describes .*size mismatch") as refused:
+        _ = ExportFolder.load(copy).encoder  # built on first use
+    assert "\n" not in str(refused.value)
+
+
 def test_added_items_match_a_fresh_encoding_and_can_be_retrieved(flat_export, tmp_path, capsys):
     import shutil
 
