@@ -62,6 +62,15 @@ class TwoTowerCLI(LightningCLI):
             read_checkpoint(path)
         super()._parse_ckpt_path()
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except SIGTERMException:  # a scheduler's preemption: say where this run can resume
+            last = Path(self.trainer.log_dir or ".") / "checkpoints" / "last.ckpt"
+            log.error("Stopped by SIGTERM before the run finished; nothing was tested. Resume with --ckpt_path %s "
+                      "(and the same config and options).", last)
+            raise
+
     def after_fit(self) -> None:
         if self.config.fit.test_after_fit:
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=self._tested_checkpoint())
@@ -100,9 +109,7 @@ def run() -> None:
             print(f"error: {err}\n(`{Path(sys.argv[0]).name} {subcommand} --help` lists the options; "
                   f"`--print_config` shows the values a config sets)", file=sys.stderr)
             sys.exit(2)
-        except SIGTERMException:
-            log.error("Stopped by SIGTERM before the run finished; nothing was tested. Resume with --ckpt_path "
-                      "<run>/checkpoints/last.ckpt.")
+        except SIGTERMException:  # TwoTowerCLI said where to resume
             sys.exit(128 + signal.SIGTERM)
 
 
