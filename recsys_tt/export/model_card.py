@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 
 def _data_line(data: dict) -> str:
@@ -42,7 +43,7 @@ and exported with {meta["num_items"]} item vectors ({meta["dim"]}-d, L2-normalis
 
 Trained on {_data_line(data)}. Split: leave-one-out by time per user (last interaction test, second to last
 validation); metrics rank the whole catalog with each user's history excluded, on the checkpoint
-`{meta["source_checkpoint"]}` (sha256 `{meta["checkpoint_sha256"][:16]}`).
+`{_run_relative(meta["source_checkpoint"])}` (sha256 `{meta["checkpoint_sha256"][:16]}`).
 
 {_metrics_table(meta.get("test_metrics"))}
 
@@ -71,3 +72,9 @@ trained weights (heads, id vectors, temperature) are in `towers.safetensors`.
 {json.dumps({"model": meta["model_hparams"], "data": data}, indent=2)}
 ```
 """
+
+
+def _run_relative(checkpoint: str) -> str:
+    """``NAME/version_N/checkpoints/FILE`` of a train.py checkpoint: where it sits in its runs folder, without this
+    machine's absolute path."""
+    return "/".join(Path(checkpoint).parts[-4:])

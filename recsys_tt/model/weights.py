@@ -8,6 +8,7 @@ temperature) is ``towers.safetensors``, keyed as in the training module's state 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -30,6 +31,10 @@ def save_towers(model: TwoTower, folder: Path, extra: dict[str, torch.Tensor]) -
     """Writes the adapters and ``towers.safetensors`` (with ``extra``, e.g. the loss's temperature) into
     ``folder``; returns the files written."""
     model.encoder.save_pretrained(str(folder / ADAPTERS), selected_adapters=model.adapters, safe_serialization=True)
+    for name in model.adapters:  # peft records the resolved local path (this machine's); keep the portable name
+        config = folder / ADAPTERS / name / "adapter_config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()),
+                                      "base_model_name_or_path": model.config.backbone}, indent=2))
     rest = {f"model.{k}": v for k, v in model.state_dict().items() if not is_base_weight(k) and "lora_" not in k}
     save_file({k: v.detach().cpu().contiguous() for k, v in {**rest, **extra}.items()}, str(folder / TOWERS))
     return weight_files(model.adapters)

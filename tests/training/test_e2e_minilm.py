@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -70,3 +72,12 @@ def test_minilm_fine_tunes_on_a_movielens_slice(movielens, tmp_path):
     test = cli.trainer.callback_metrics
     assert 0.0 <= float(test["test/ndcg@10"]) <= float(test["test/recall@10"]) <= float(test["test/recall@20"])
     assert logged["val/ndcg@10"].notna().sum() == 1
+    # The export names the backbone portably, not by where this machine installed it.
+    from recsys_tt.training.export import export_model
+
+    export = export_model(cli.trainer.ckpt_path, tmp_path / "export", report_users=16)
+    for tower in ("item", "user"):
+        config = json.loads((export / "adapters" / tower / "adapter_config.json").read_text())
+        assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+    card = (export / "README.md").read_text()
+    assert str(tmp_path) not in card and "ml100k_minilm/version_0/checkpoints/" in card
