@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import signal
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,3 +105,21 @@ class SigtermAt(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+def plain_peft_text_vectors(export: Path, base: str) -> tuple[np.ndarray, dict, np.ndarray]:
+    """The export's item texts encoded with nothing but transformers + peft, as its model card says: the item
+    adapter on ``base``, mean pooling, L2 norm. Returns the vectors, the tokens and the adapted hidden states."""
+    from peft import PeftModel
+    from transformers import AutoModel, AutoTokenizer
+
+    meta = json.loads((export / "meta.json").read_text())
+    texts = pd.read_parquet(export / "items.parquet")["text"].tolist()
+    tower = PeftModel.from_pretrained(AutoModel.from_pretrained(base), str(export / "adapters" / "item")).eval()
+    tokens = AutoTokenizer.from_pretrained(base)(texts, padding=True, truncation=True, return_tensors="pt",
+                                                 max_length=meta["data_hparams"]["max_item_tokens"])
+    with torch.no_grad():
+        hidden = tower(**tokens).last_hidden_state
+    mask = tokens["attention_mask"].unsqueeze(-1).float()
+    pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)  # mean pooling
+    return pooled.numpy(), tokens, hidden.numpy()

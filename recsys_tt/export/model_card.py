@@ -62,9 +62,11 @@ rec = Recommender.load("path/to/this/folder")
 rec.recommend(RecommendRequest(user_id="<a user id>", k=10))
 ```
 
-Or without recsys_tt: each tower's adapter ({adapters}) is a peft folder,
-`PeftModel.from_pretrained(AutoModel.from_pretrained("{tower["backbone"]}"), "adapters/item")`; the other
-trained weights (heads, id vectors, temperature) are in `towers.safetensors`.
+Or without recsys_tt's serving: each tower's adapter ({adapters}) is a peft folder,
+`PeftModel.from_pretrained(AutoModel.from_pretrained(base), "adapters/item")`, where `base` is `{tower["backbone"]}`
+from the hub or, offline, a local copy of it (`recsys_tt.model.backbone.resolve_backbone("{tower["backbone"]}")`
+names the installed one); mean pooling and L2 normalisation give the item text vectors. The other trained weights
+(heads, id vectors, temperature) are in `towers.safetensors`.
 
 ## Training configuration
 

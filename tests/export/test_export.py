@@ -17,7 +17,7 @@ from recsys_tt.offline.scoring import evaluate_recommendations, score_users
 from recsys_tt.serving.retrieval import search_excluding
 from recsys_tt.training.export import export_model
 from recsys_tt.training.lightning_cli import main
-from tests.helpers import clean_env, write_tiny_dataset
+from tests.helpers import clean_env, plain_peft_text_vectors, write_tiny_dataset
 from tests.helpers import train_args as _args
 
 
@@ -300,22 +300,13 @@ def test_an_export_caught_between_the_swap_renames_still_loads(flat_export, tmp_
 
 
 def test_the_item_adapter_loads_with_plain_peft_and_reproduces_the_text_vectors(flat_export, tiny_bert):
-    from peft import PeftModel
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
     export = ExportFolder.load(flat_export)
-    base = AutoModel.from_pretrained(tiny_bert)
-    tower = PeftModel.from_pretrained(base, str(flat_export / "adapters" / "item")).eval()
-    tokens = AutoTokenizer.from_pretrained(tiny_bert)(export.items["text"].tolist(), padding=True, truncation=True,
-                                                       max_length=export.meta["data_hparams"]["max_item_tokens"],
-                                                       return_tensors="pt")
-    with torch.no_grad():
-        hidden = tower(**tokens).last_hidden_state
-    mask = tokens["attention_mask"].unsqueeze(-1).float()
-    pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)  # mean pooling
-    assert np.allclose(pooled.numpy(), export.text_vectors, atol=1e-5)
+    pooled, tokens, hidden = plain_peft_text_vectors(flat_export, tiny_bert)
+    assert np.allclose(pooled, export.text_vectors, atol=1e-5)
     assert not np.allclose(AutoModel.from_pretrained(tiny_bert)(**tokens).last_hidden_state.detach().numpy(),
-                           hidden.numpy(), atol=1e-5)  # the adapter changed the base's output
+                           hidden, atol=1e-5)  # the adapter changed the base's output
 
 
 def test_an_export_holds_no_pickle_and_a_model_card(flat_export, trained):

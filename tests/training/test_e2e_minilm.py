@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from recsys_tt.data.movielens import ensure_movielens
 from recsys_tt.data.tables import LeaveOneOut, load_interaction_data
+from recsys_tt.model.backbone import resolve_backbone
 from recsys_tt.training.lightning_cli import main
+from tests.helpers import plain_peft_text_vectors
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +60,7 @@ def _slice(movielens, folder, users: int) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items()}
 
 
-def test_minilm_fine_tunes_on_a_movielens_slice(movielens, tmp_path):
+def test_minilm_fine_tunes_on_a_movielens_slice(movielens, tmp_path, monkeypatch):
     paths = _slice(movielens, tmp_path, users=64)
     cli = main([
         "fit", "--config", "configs/ml100k_minilm.yaml",
@@ -81,3 +85,10 @@ def test_minilm_fine_tunes_on_a_movielens_slice(movielens, tmp_path):
         assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
     card = (export / "README.md").read_text()
     assert str(tmp_path) not in card and "ml100k_minilm/version_0/checkpoints/" in card
+    # The model card's plain-peft line, offline, on a copy of the folder under another path.
+    moved = tmp_path / "elsewhere" / "export"
+    shutil.copytree(export, moved)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pooled, _, _ = plain_peft_text_vectors(moved, resolve_backbone(config["base_model_name_or_path"]))
+    exported = np.load(moved / "text_vectors.npy")
+    assert (pooled * exported).sum(1).min() > 0.99  # the export encoded under bf16 autocast, this in float32
