@@ -225,3 +225,19 @@ def test_a_bad_argument_on_the_command_line_is_two_lines_not_the_usage(bad):
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 2 and lines[0].startswith("error: ") and "fit --help" in lines[1], done.stderr[-2000:]
+
+
+def test_bf16_training_on_a_cpu_without_amx_says_float32_is_faster(tmp_path, tiny_dataset, tiny_bert, caplog,
+                                                                  monkeypatch):
+    from recsys_tt.training import lightning_cli
+
+    assert lightning_cli.cpu_has_amx("flags\t: fpu avx2 avx512_bf16\n") is False
+    assert lightning_cli.cpu_has_amx("flags\t: fpu amx_bf16 amx_tile\n") is True
+    assert lightning_cli.cpu_has_amx("processor : 0\n") is None
+    monkeypatch.setattr(lightning_cli, "cpu_has_amx", lambda: False)
+    caplog.set_level("WARNING", logger="recsys_tt.train")
+    main(_args(tmp_path, tiny_dataset, tiny_bert, 1, "--trainer.precision", "bf16-mixed", "--test_after_fit", "false"))
+    assert any("CPU without AMX" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    main(_args(tmp_path, tiny_dataset, tiny_bert, 1, "--test_after_fit", "false"))  # 32-true: nothing to say
+    assert not any("CPU without AMX" in r.getMessage() for r in caplog.records)
