@@ -100,7 +100,7 @@ class _RotatingJsonl:
             path = self.folder / f"{self.prefix}-{stamp}-{os.getpid()}.jsonl"
             self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (held open across writes)
             self._drop_oldest()
-        self.file.write(json.dumps(record, allow_nan=False) + "\n")
+        self.file.write(json.dumps(record, allow_nan=False, ensure_ascii=False) + "\n")  # UTF-8: 1-4 bytes a character
         self.file.flush()
         if self.fsync:
             os.fsync(self.file.fileno())

@@ -209,6 +209,15 @@ def test_log_rotates_and_loses_no_record(tmp_path):
     assert sorted(read_feedback(tmp_path)["request_id"].astype(int)) == list(range(10))
 
 
+def test_log_lines_are_utf8_not_escapes(tmp_path):
+    log = PropensityLog(tmp_path)
+    log.log_feedback(Feedback("r1", "Crème brûlée 🎉", 1.0, "2026-01-01T00:00:00+00:00"))
+    log.close()
+    raw = next(tmp_path.glob("feedback-*.jsonl")).read_bytes()
+    assert "Crème brûlée 🎉".encode() in raw and b"\\u" not in raw
+    assert read_feedback(tmp_path)["item_id"].tolist() == ["Crème brûlée 🎉"]
+
+
 def test_impression_lines_are_typed_and_versioned(recommender):
     recommender.recommend(RecommendRequest(user_id="u1", k=2, seed=0))
     recommender.log.close()
