@@ -59,7 +59,7 @@ def test_cache_is_reused_and_corruption_is_caught(tmp_path, fake_grouplens, monk
     monkeypatch.setattr(movielens.urllib.request, "urlopen", lambda *a, **k: pytest.fail("cache not reused"))
     assert movielens.ensure_movielens("ml-100k", tmp_path, source="grouplens") == folder
     (folder / "items.csv").write_text("item_id,title\n1,tampered\n")
-    with pytest.raises(RuntimeError, match="delete .* to fetch ml-100k again"):
+    with pytest.raises(RuntimeError, match="items.csv is missing or does not match.*delete .*ml-100k to convert"):
         movielens.ensure_movielens("ml-100k", tmp_path)
 
 
