@@ -9,6 +9,7 @@ dictionaries.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -100,10 +101,21 @@ class _RotatingJsonl:
             path = self.folder / f"{self.prefix}-{stamp}-{os.getpid()}.jsonl"
             self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (held open across writes)
             self._drop_oldest()
-        self.file.write(json.dumps(record, allow_nan=False, ensure_ascii=False) + "\n")  # UTF-8: 1-4 bytes a character
-        self.file.flush()
-        if self.fsync:
-            os.fsync(self.file.fileno())
+        try:
+            self.file.write(json.dumps(record, allow_nan=False, ensure_ascii=False) + "\n")  # UTF-8, not \u escapes
+            self.file.flush()
+            if self.fsync:
+                os.fsync(self.file.fileno())
+        except OSError:
+            # A full disk can leave part of the line written. Never append to it: the next record starts a new file,
+            # so a torn line can only be the last of its file, which readers skip.
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        file, self.file = self.file, None
+        with contextlib.suppress(OSError):  # its buffer cannot be written either
+            file.close()
 
     def _drop_oldest(self) -> None:
         """Keeps at most ``max_files`` files of this prefix (names sort by creation time): a cap on disk use."""
@@ -151,19 +163,24 @@ class PropensityLog:
 
 def _read(folder: Path, prefix: str, kind: type) -> pd.DataFrame:
     """Every line of the folder's ``prefix-*.jsonl`` files read as a ``kind`` record, one row each: its fields as
-    columns, and ``source`` ("file, line N") for messages about it."""
+    columns, and ``source`` ("file, line N") for messages about it. A file's last line that is cut short (a write
+    the disk could not finish) is skipped with a warning; a bad line anywhere else is refused."""
     rows = []
     for path in sorted(folder.glob(f"{prefix}-*.jsonl")):
-        with open(path, encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                values = json.loads(line)
+            except json.JSONDecodeError as err:
+                if number == len(lines) and not line.rstrip().endswith("}"):
+                    log.warning("%s, line %d: a record cut short (the disk was full when it was written?); skipped.",
+                                path, number)
                     continue
-                try:
-                    values = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg}).") from err
-                where = f"{path}, line {number}"
-                rows.append({**asdict(kind.from_json(values, where)), "source": where})
+                raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg}).") from err
+            where = f"{path}, line {number}"
+            rows.append({**asdict(kind.from_json(values, where)), "source": where})
     return pd.DataFrame(rows, columns=[*(f.name for f in fields(kind)), "source"])
 
 

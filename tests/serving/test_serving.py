@@ -218,6 +218,36 @@ def test_log_lines_are_utf8_not_escapes(tmp_path):
     assert read_feedback(tmp_path)["item_id"].tolist() == ["Crème brûlée 🎉"]
 
 
+def test_a_write_the_disk_cut_short_leaves_no_record_torn_for_good(tmp_path, caplog):
+    import errno
+
+    log = PropensityLog(tmp_path)
+    log.log_feedback(Feedback("r1", "a", 1.0, "2026-01-01T00:00:00+00:00"))
+    real = log._feedback.file
+
+    class FullDisk:  # writes half the line, then fails as a full disk does
+        def write(self, text: str) -> None:
+            real.write(text[: len(text) // 2])
+            real.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    log._feedback.file = FullDisk()
+    with pytest.raises(OSError, match="No space left"):
+        log.log_feedback(Feedback("r2", "b", 1.0, "2026-01-01T00:00:01+00:00"))
+    log.log_feedback(Feedback("r3", "c", 1.0, "2026-01-01T00:00:02+00:00"))  # space is back
+    log.close()
+    caplog.set_level("WARNING")
+    assert read_feedback(tmp_path)["request_id"].tolist() == ["r1", "r3"]
+    assert any("line 2: a record cut short" in r.getMessage() for r in caplog.records)
+    torn = next(p for p in sorted(tmp_path.glob("feedback-*.jsonl")))
+    torn.write_text(torn.read_text() + "\n" + json.dumps({"request_id": "r4"}) + "\n")  # a bad line mid-file
+    with pytest.raises(ValueError, match="line 2: not valid JSON"):
+        read_feedback(tmp_path)
+
+
 def test_impression_lines_are_typed_and_versioned(recommender):
     recommender.recommend(RecommendRequest(user_id="u1", k=2, seed=0))
     recommender.log.close()
