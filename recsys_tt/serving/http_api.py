@@ -22,6 +22,7 @@ from recsys_tt.serving.requests import (
     MAX_SEED,
     BadRequestError,
     ConflictError,
+    LogUnavailableError,
     NotFoundError,
     RecommendRequest,
     ServingConfig,
@@ -67,7 +68,9 @@ class ErrorBody(BaseModel):
 
 _ERRORS = {400: {"model": ErrorBody, "description": "The body is not valid JSON."},
            413: {"model": ErrorBody, "description": "The body is larger than serving.max_body_bytes."},
-           422: {"model": ErrorBody, "description": "The body is malformed or asks for what cannot be served."}}
+           422: {"model": ErrorBody, "description": "The body is malformed or asks for what cannot be served."},
+           503: {"model": ErrorBody, "description": "The propensity log cannot be written (e.g. a full disk); "
+                 "nothing was served or recorded."}}
 
 
 class _MetricsText(PlainTextResponse):
@@ -207,6 +210,10 @@ def create_app(recommender: Recommender) -> FastAPI:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}" for e in err.errors())
         return JSONResponse(status_code=422, content={"detail": problems})
 
+    @app.exception_handler(LogUnavailableError)
+    async def log_unavailable(request: Request, err: LogUnavailableError) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": str(err)})
+
     @app.exception_handler(NotFoundError)
     async def unknown(request: Request, err: NotFoundError) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": err.args[0]})
@@ -229,13 +236,17 @@ def create_app(recommender: Recommender) -> FastAPI:
         recommender.feedback(body.request_id, body.item_id, body.reward)
         return {"status": "recorded"}
 
-    @app.get("/health")
-    def health() -> dict:
-        """Ready once the export is loaded and checked (the server does that before it listens)."""
+    @app.get("/health", responses={503: {"description": "The propensity log cannot be written: requests are "
+                                         "refused until it can (log_error says why)."}})
+    def health() -> JSONResponse:
+        """Ready once the export is loaded and checked (the server does that before it listens), and while its
+        propensity log can be written."""
         meta = recommender.export.meta
-        return {"status": "ok", "items": meta["num_items"], "users": meta["num_users"],
-                "model_version": recommender.model_version, "index_version": recommender.index_version,
-                "logging": recommender.log is not None}
+        body = {"status": "ok" if recommender.log_error is None else "log unavailable",
+                "items": meta["num_items"], "users": meta["num_users"], "model_version": recommender.model_version,
+                "index_version": recommender.index_version, "logging": recommender.log is not None,
+                "log_error": recommender.log_error}
+        return JSONResponse(status_code=200 if recommender.log_error is None else 503, content=body)
 
     @app.get("/metrics", response_class=_MetricsText)
     def prometheus_metrics() -> _MetricsText:

@@ -25,6 +25,7 @@ from recsys_tt.serving.requests import (
     MAX_SEED,
     BadRequestError,
     ConflictError,
+    LogUnavailableError,
     RecommendRequest,
     ServingConfig,
     UnknownItemsError,
@@ -55,6 +56,7 @@ class Recommender:
                  scorer: CandidateScorer | None = None, log: PropensityLog | None = None) -> None:
         self.export, self.config = export, config or ServingConfig()
         self.scorer, self.log = scorer, log
+        self.log_error: str | None = None  # why the last log write failed, until one succeeds
         self.user_vectors = UserVectors(self.encode_users, self.config.cache_size)
         self._served = Lru(self.config.feedback_window)  # request id -> the item ids its slate showed
         self._encode_lock = threading.Lock()  # one forward pass at a time; torch uses all cores for each
@@ -107,7 +109,7 @@ class Recommender:
             response["short_slate"] = (f"{len(shown)} of the {request.k} items asked for: every other item is "
                                        "excluded or in the user's history.")
         if self.log is not None:
-            self.log.log_slate(self._log_record(response, user, rows, scores, slate, shown))
+            self._write_log(self.log.log_slate, self._log_record(response, user, rows, scores, slate, shown))
             self._served.put(response["request_id"], frozenset(self._item_ids[shown].tolist()))
         return response
 
@@ -128,7 +130,18 @@ class Recommender:
                                       f"than its last {self.config.feedback_window} slates).")
         if str(item_id) not in shown:
             raise ConflictError(f"item_id {item_id!r} was not in the slate of request {request_id!r}.")
-        self.log.log_feedback(Feedback(request_id, str(item_id), float(reward), _now()))
+        self._write_log(self.log.log_feedback, Feedback(request_id, str(item_id), float(reward), _now()))
+
+    def _write_log(self, write, record) -> None:
+        """Writes a log record, or refuses the request: a slate that cannot be logged is not served, since off-policy
+        evaluation and retraining need every one. ``log_error`` says why until a write succeeds again."""
+        try:
+            write(record)
+        except OSError as err:
+            self.log_error = f"{type(err).__name__}: {err}"
+            raise LogUnavailableError(f"The propensity log in {self.log.folder} cannot be written ({self.log_error}); "
+                                      "nothing was served. Free space there (or fix its permissions).") from err
+        self.log_error = None
 
     # ----- steps ----------------------------------------------------------------------------------------
     def _rows(self, item_ids: list[str]) -> tuple[np.ndarray, list[str]]:

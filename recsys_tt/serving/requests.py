@@ -29,6 +29,10 @@ class BadRequestError(ValueError):
     """A request the recommender cannot serve as asked (the message says what to change; HTTP 422)."""
 
 
+class LogUnavailableError(RuntimeError):
+    """The propensity log cannot be written (a full disk, say): nothing is served unlogged (HTTP 503)."""
+
+
 class ConflictError(BadRequestError):
     """A well-formed request that what the recommender holds cannot answer (HTTP 409): feedback without a log or
     for an item the slate did not show, or a request that excludes every item."""

@@ -248,6 +248,24 @@ def test_a_write_the_disk_cut_short_leaves_no_record_torn_for_good(tmp_path, cap
         read_feedback(tmp_path)
 
 
+def test_a_log_that_cannot_be_written_answers_503_and_health_says_why_until_it_can(recommender, monkeypatch):
+    import errno
+
+    def full(record):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with TestClient(create_app(recommender)) as client:
+        assert client.get("/health").json()["log_error"] is None
+        with monkeypatch.context() as patch:
+            patch.setattr(recommender.log._impressions, "write", full)
+            refused = client.post("/recommend", json={"user_id": "u1", "k": 2})
+            assert refused.status_code == 503 and "No space left" in refused.json()["detail"]
+            health = client.get("/health")
+            assert health.status_code == 503 and "No space left" in health.json()["log_error"]
+        assert client.post("/recommend", json={"user_id": "u1", "k": 2}).status_code == 200  # space is back
+        assert client.get("/health").json()["status"] == "ok"
+
+
 def test_impression_lines_are_typed_and_versioned(recommender):
     recommender.recommend(RecommendRequest(user_id="u1", k=2, seed=0))
     recommender.log.close()
