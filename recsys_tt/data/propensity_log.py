@@ -163,25 +163,41 @@ class PropensityLog:
 
 def _read(folder: Path, prefix: str, kind: type) -> pd.DataFrame:
     """Every line of the folder's ``prefix-*.jsonl`` files read as a ``kind`` record, one row each: its fields as
-    columns, and ``source`` ("file, line N") for messages about it. A file's last line that is cut short (a write
-    the disk could not finish) is skipped with a warning; a bad line anywhere else is refused."""
-    rows = []
-    for path in sorted(folder.glob(f"{prefix}-*.jsonl")):
-        lines = path.read_text(encoding="utf-8").splitlines()
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                values = json.loads(line)
-            except json.JSONDecodeError as err:
-                if number == len(lines) and not line.rstrip().endswith("}"):
-                    log.warning("%s, line %d: a record cut short (the disk was full when it was written?); skipped.",
-                                path, number)
-                    continue
-                raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg}).") from err
-            where = f"{path}, line {number}"
-            rows.append({**asdict(kind.from_json(values, where)), "source": where})
+    columns, and ``source`` ("file, line N") for messages about it."""
+    rows = [row for path in sorted(folder.glob(f"{prefix}-*.jsonl")) for row in _read_file(path, kind)]
     return pd.DataFrame(rows, columns=[*(f.name for f in fields(kind)), "source"])
+
+
+def _read_file(path: Path, kind: type) -> list[dict]:
+    """One file's records. Its last line, when cut short (a write the disk could not finish), is skipped with a
+    warning; a bad line anywhere else is refused."""
+    rows = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            values = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines) and not line.rstrip().endswith("}"):
+                log.warning("%s, line %d: a record cut short (the disk was full when it was written?); skipped.",
+                            path, number)
+                continue
+            raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg}).") from err
+        where = f"{path}, line {number}"
+        rows.append({**asdict(kind.from_json(values, where)), "source": where})
+    return rows
+
+
+def recent_slates(folder: str | Path, count: int) -> list[tuple[str, list[str]]]:
+    """The last ``count`` slates logged in ``folder`` as (request id, shown item ids), oldest first: those a
+    restarted server must still take feedback for. Reads the newest files only, as far back as ``count`` needs."""
+    slates: list[tuple[str, list[str]]] = []
+    for path in sorted(Path(folder).glob("impressions-*.jsonl"), reverse=True):
+        if len(slates) >= count:
+            break
+        slates = [(row["request_id"], row["slate"]) for row in _read_file(path, Impression)] + slates
+    return slates[-count:] if count else []
 
 
 def read_impressions(folder: str | Path) -> pd.DataFrame:

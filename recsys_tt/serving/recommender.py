@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys_tt.data.propensity_log import Feedback, Impression, PropensityLog
+from recsys_tt.data.propensity_log import Feedback, Impression, PropensityLog, recent_slates
 from recsys_tt.export.folder import ExportFolder
 from recsys_tt.serving.explore import explore
 from recsys_tt.serving.requests import (
@@ -59,6 +59,9 @@ class Recommender:
         self.log_error: str | None = None  # why the last log write failed, until one succeeds
         self.user_vectors = UserVectors(self.encode_users, self.config.cache_size)
         self._served = Lru(self.config.feedback_window)  # request id -> the item ids its slate showed
+        if log is not None:  # a restart must not lose the clicks on slates served just before it
+            for request_id, slate in recent_slates(log.folder, self.config.feedback_window):
+                self._served.put(request_id, frozenset(slate))
         self._encode_lock = threading.Lock()  # one forward pass at a time; torch uses all cores for each
         self._user_rows, self._item_ids = export.user_rows, export.item_ids
         self._names = export.items["history_name"].astype(str).to_numpy()

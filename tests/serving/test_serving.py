@@ -17,7 +17,14 @@ from recsys_tt.offline.ope import bandit_feedback
 from recsys_tt.serving.explore import MAX_TEMPERATURE, MIN_TEMPERATURE, ExplorationConfig
 from recsys_tt.serving.http_api import create_app
 from recsys_tt.serving.recommender import Recommender
-from recsys_tt.serving.requests import RecommendRequest, ServingConfig, UnknownItemsError, UnknownUserError
+from recsys_tt.serving.requests import (
+    ConflictError,
+    RecommendRequest,
+    ServingConfig,
+    UnknownItemsError,
+    UnknownRequestError,
+    UnknownUserError,
+)
 from recsys_tt.serving.retrieval import search_excluding
 from tests.helpers import undocumented_options
 
@@ -264,6 +271,24 @@ def test_a_log_that_cannot_be_written_answers_503_and_health_says_why_until_it_c
             assert health.status_code == 503 and "No space left" in health.json()["log_error"]
         assert client.post("/recommend", json={"user_id": "u1", "k": 2}).status_code == 200  # space is back
         assert client.get("/health").json()["status"] == "ok"
+
+
+def test_feedback_for_slates_served_before_a_restart_is_accepted_after_it(flat_export, tmp_path):
+    from dataclasses import replace
+
+    config = replace(EXPLORING, feedback_window=2)
+    first = Recommender.load(flat_export, config, log_dir=tmp_path / "log")
+    served = [first.recommend(RecommendRequest(user_id="u1", k=2, seed=s)) for s in range(3)]
+    first.log.close()  # the process ends (a crash leaves the same lines: each is flushed when written)
+    again = Recommender.load(flat_export, config, log_dir=tmp_path / "log")
+    for response in served[1:]:  # the window's last two
+        again.feedback(response["request_id"], response["items"][0]["item_id"], 1.0)
+    with pytest.raises(UnknownRequestError):
+        again.feedback(served[0]["request_id"], served[0]["items"][0]["item_id"], 1.0)  # beyond the window
+    with pytest.raises(ConflictError):
+        again.feedback(served[1]["request_id"], "not-shown", 1.0)
+    again.log.close()
+    assert read_feedback(tmp_path / "log")["request_id"].tolist() == [r["request_id"] for r in served[1:]]
 
 
 def test_impression_lines_are_typed_and_versioned(recommender):
