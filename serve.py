@@ -9,6 +9,8 @@ The folder is checked before the server listens; a mismatched or incomplete one 
 
 from __future__ import annotations
 
+import logging
+
 from recsys_tt.cli import log_to_console, run
 from recsys_tt.serving.recommender import Recommender
 from recsys_tt.serving.requests import ServingConfig
@@ -31,6 +33,8 @@ def main(export: str, host: str = "127.0.0.1", port: int = 8000, log_dir: str | 
 
     log_to_console()
     recommender = Recommender.load(export, serving, log_dir=log_dir)
+    logging.getLogger("recsys_tt.serve").info("Serving %s on http://%s:%d (API docs at /docs, health at /health)",
+                                              export, host, port)
     uvicorn.run(create_app(recommender), host=host, port=port, log_level="warning")
 
 

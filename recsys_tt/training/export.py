@@ -57,6 +57,7 @@ def export_model(checkpoint: str | Path, out: str | Path, factory: str = "Flat",
         raise FileExistsError(f"{out} exists; pass --overwrite true to replace it (the old folder stays until "
                               "the new one is complete).")
     checkpoint = resolve_checkpoint(checkpoint)
+    log.info("Exporting %s", checkpoint)
     module, data = load_checkpoint(checkpoint)
     module.to(pick_device(device))
     encoder = module.encoder

@@ -79,6 +79,11 @@ class TwoTowerCLI(LightningCLI):
     def after_fit(self) -> None:
         if self.config.fit.test_after_fit:
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=self._tested_checkpoint())
+        run = self.trainer.log_dir
+        if run and self.trainer.is_global_zero:
+            log.info("Run folder: %s (config.yaml, metrics.csv, curves.png, checkpoints/). Next, export its best "
+                     "checkpoint: python scripts/export_index.py --checkpoint %s --out exports/%s", run, run,
+                     Path(run).parent.name)
 
     def _tested_checkpoint(self) -> str | None:
         """Path of the checkpoint to test; None tests the weights in memory (the final ones)."""

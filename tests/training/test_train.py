@@ -153,7 +153,7 @@ def test_predict_is_not_offered(capsys):
 
 
 def test_training_logs_plain_progress_lines_with_a_whole_run_eta(tmp_path, tiny_dataset, tiny_bert, caplog):
-    caplog.set_level("INFO", logger="recsys_tt.training.callbacks")
+    caplog.set_level("INFO", logger="recsys_tt")
     main(_args(tmp_path, tiny_dataset, tiny_bert, 3, "--progress_log.every_s", "1e-9", "--test_after_fit", "false"))
     lines = [r.getMessage() for r in caplog.records  # ProgressLog's lines (PlotCurves logs in the same module)
              if r.name == "recsys_tt.training.callbacks" and r.funcName == "on_train_batch_end"]
@@ -164,6 +164,9 @@ def test_training_logs_plain_progress_lines_with_a_whole_run_eta(tmp_path, tiny_
     ndcg = float(pd.read_csv(tmp_path / "ml100k_minilm" / "version_0" / "metrics.csv")["val/ndcg@10"].dropna().iloc[0])
     assert re.fullmatch(rf"validation at step 2: NDCG@10 {ndcg:.4f}, Recall@10 \d\.\d{{4}} \(best {ndcg:.4f} at step "
                         r"2\)", validations[0])
+    run = tmp_path / "ml100k_minilm" / "version_0"
+    assert any(r.getMessage().startswith(f"Run folder: {run} ") and f"--checkpoint {run} --out exports/ml100k_minilm"
+               in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError, match="every_s must be positive"):
         main(_args(tmp_path, tiny_dataset, tiny_bert, 3, "--progress_log.every_s", "0"))
 
