@@ -48,7 +48,18 @@ def replacing(out: Path) -> Iterator[Path]:
         staging = Path(tmp) / out.name
         staging.mkdir()
         yield staging
+        _default_permissions(staging)
         _swap_into_place(staging, out)
+
+
+def _default_permissions(folder: Path) -> None:
+    """Gives every file and folder the permissions the umask grants: some writers (safetensors) create files only
+    their owner can read, which a server running as another user could not load."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def restore_interrupted_swap(out: Path) -> None:

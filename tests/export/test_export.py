@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -311,6 +312,9 @@ def test_the_item_adapter_loads_with_plain_peft_and_reproduces_the_text_vectors(
 
 def test_an_export_holds_no_pickle_and_a_model_card(flat_export, trained):
     files = [p for p in flat_export.rglob("*") if p.is_file()]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~mask for p in files)  # safetensors writes 0600 by itself
     assert {p.suffix for p in files} <= {".json", ".md", ".faiss", ".npy", ".parquet", ".safetensors"}
     for path in files:
         head = path.read_bytes()[:4]
