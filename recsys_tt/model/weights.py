@@ -27,6 +27,23 @@ def weight_files(adapters: list[str]) -> list[str]:
     return [TOWERS] + [f"{ADAPTERS}/{name}/{file}" for name in adapters for file in ADAPTER_FILES]
 
 
+_ADAPTERS_README = """# LoRA adapters of a recsys_tt two-tower model
+
+One peft adapter per tower ({adapters}) over the frozen backbone `{backbone}`. Load one onto the base model:
+
+```python
+from peft import PeftModel
+from transformers import AutoModel
+tower = PeftModel.from_pretrained(AutoModel.from_pretrained("{backbone}"), "adapters/item")
+```
+
+(offline, pass a local copy of the backbone instead of its name). The towers pool the last hidden states (see
+the folder's model card, `../README.md`) and never use a BERT pooler, so peft may report the pooler's adapter
+keys as missing: that part of the base is unused. The rest of what trained (heads, item id vectors, temperature)
+is `../towers.safetensors`.
+"""
+
+
 def save_towers(model: TwoTower, folder: Path, extra: dict[str, torch.Tensor]) -> list[str]:
     """Writes the adapters and ``towers.safetensors`` (with ``extra``, e.g. the loss's temperature) into
     ``folder``; returns the files written."""
@@ -35,6 +52,8 @@ def save_towers(model: TwoTower, folder: Path, extra: dict[str, torch.Tensor]) -
         config = folder / ADAPTERS / name / "adapter_config.json"
         config.write_text(json.dumps({**json.loads(config.read_text()),
                                       "base_model_name_or_path": model.config.backbone}, indent=2))
+    (folder / ADAPTERS / "README.md").write_text(_ADAPTERS_README.format(
+        backbone=model.config.backbone, adapters=", ".join(f"`{name}/`" for name in model.adapters)))
     rest = {f"model.{k}": v for k, v in model.state_dict().items() if not is_base_weight(k) and "lora_" not in k}
     save_file({k: v.detach().cpu().contiguous() for k, v in {**rest, **extra}.items()}, str(folder / TOWERS))
     return weight_files(model.adapters)

@@ -326,6 +326,8 @@ def test_an_export_holds_no_pickle_and_a_model_card(flat_export, trained):
     assert meta["test_metrics"]["ndcg@5"] == pytest.approx(float(trained[1]["test/ndcg@5"]))
     assert f"| ndcg@5 | {meta['test_metrics']['ndcg@5']:.4f} |" in card and meta["model_version"] in card
     assert "PeftModel.from_pretrained" in card and '"history_len": 20' in card
+    adapters_readme = (flat_export / "adapters" / "README.md").read_text()
+    assert adapters_readme.startswith("# LoRA adapters of a recsys_tt two-tower model") and "`item/`" in adapters_readme
 
 
 def test_a_format_2_export_is_refused_with_what_to_do(flat_export, tmp_path):
