@@ -84,7 +84,7 @@ def test_minilm_fine_tunes_on_a_movielens_slice(movielens, tmp_path, monkeypatch
         config = json.loads((export / "adapters" / tower / "adapter_config.json").read_text())
         assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
     card = (export / "README.md").read_text()
-    assert str(tmp_path) not in card and "ml100k_minilm/version_0/checkpoints/" in card
+    assert str(tmp_path / "ml100k_minilm") not in card and "`ml100k_minilm/version_0/checkpoints/" in card
     # The model card's plain-peft line, offline, on a copy of the folder under another path.
     moved = tmp_path / "elsewhere" / "export"
     shutil.copytree(export, moved)
