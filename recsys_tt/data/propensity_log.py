@@ -169,23 +169,23 @@ def _read(folder: Path, prefix: str, kind: type) -> pd.DataFrame:
 
 
 def _read_file(path: Path, kind: type) -> list[dict]:
-    """One file's records. Its last line, when cut short (a write the disk could not finish), is skipped with a
-    warning; a bad line anywhere else is refused."""
+    """One file's records. A record cut short (a write the disk could not finish) lacks its newline, so it can only
+    be the file's last line: it is skipped with a warning; a bad line anywhere else is refused."""
     rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            values = json.loads(line)
-        except json.JSONDecodeError as err:
-            if number == len(lines) and not line.rstrip().endswith("}"):
-                log.warning("%s, line %d: a record cut short (the disk was full when it was written?); skipped.",
-                            path, number)
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
                 continue
-            raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg}).") from err
-        where = f"{path}, line {number}"
-        rows.append({**asdict(kind.from_json(values, where)), "source": where})
+            try:
+                values = json.loads(line)
+            except json.JSONDecodeError as err:
+                if not line.endswith("\n"):
+                    log.warning("%s, line %d: a record cut short (the disk was full when it was written?); skipped.",
+                                path, number)
+                    continue
+                raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg}).") from err
+            where = f"{path}, line {number}"
+            rows.append({**asdict(kind.from_json(values, where)), "source": where})
     return rows
 
 

@@ -60,7 +60,7 @@ class ServingConfig:
     """Feedback rewards must lie in [-max_abs_reward, max_abs_reward]: OPE averages them."""
     feedback_window: int = 100_000
     """Most recent slates whose request ids /feedback accepts (feedback for older or never-served ids is refused;
-    a restarted server remembers none)."""
+    a restarted server reads them back from its log folder)."""
     log_file_bytes: int = 64 * 2**20
     """Propensity log files rotate at this size."""
     log_max_files: int | None = 1000

@@ -165,8 +165,10 @@ class RecDataModule(pl.LightningDataModule):
         return self.data.num_items
 
     @functools.cached_property
-    def cold_item_mask(self) -> torch.Tensor:
-        """(N,) bool: the items held out of training (data.cold_items)."""
+    def cold_item_mask(self) -> torch.Tensor | None:
+        """(N,) bool: the items held out of training (data.cold_items); None when none are."""
+        if not self.hparams.cold_items:
+            return None
         n = self.num_items
         chosen = np.random.default_rng(self.hparams.seed).choice(n, round(self.hparams.cold_items * n), replace=False)
         return torch.zeros(n, dtype=torch.bool).index_fill_(0, torch.as_tensor(chosen, dtype=torch.long), True)
@@ -174,7 +176,7 @@ class RecDataModule(pl.LightningDataModule):
     @functools.cached_property
     def train_sequences(self) -> list[np.ndarray]:
         """Each user's training items, less the cold items (data.cold_items) as if they did not exist yet."""
-        if not self.hparams.cold_items:
+        if self.cold_item_mask is None:
             return self.split.train
         cold = self.cold_item_mask.numpy()
         return [seq[~cold[seq]] for seq in self.split.train]

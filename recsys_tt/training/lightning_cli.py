@@ -10,6 +10,7 @@ from typing import Literal
 
 import torch
 from jsonargparse import ArgumentError
+from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -47,8 +48,8 @@ class TwoTowerCLI(LightningCLI):
         parser.link_arguments("data.num_items", "model.num_items", apply_on="instantiate")
 
     def before_fit(self) -> None:
-        if self.trainer.accelerator.__class__.__name__ == "CPUAccelerator" and \
-                str(self.trainer.precision).startswith("bf16") and cpu_has_amx() is False:
+        if isinstance(self.trainer.accelerator, CPUAccelerator) and str(self.trainer.precision).startswith("bf16") \
+                and cpu_has_amx() is False:
             log.warning("Training in %s on a CPU without AMX, where bfloat16 matmuls are slower than float32: "
                         "--trainer.precision 32-true is faster here (results differ slightly; the configs' quoted "
                         "numbers are bf16-mixed).", self.trainer.precision)

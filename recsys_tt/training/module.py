@@ -105,7 +105,7 @@ class TwoTowerModule(pl.LightningModule):
             raise ValueError(f"The data has {datamodule.num_items} items but the model was built for "
                              f"{self.hparams.num_items}; use the dataset the checkpoint was trained on.")
         self.item_tokens = datamodule.item_tokens
-        self.cold_items = datamodule.cold_item_mask if datamodule.hparams.cold_items else None  # moves with the module
+        self.cold_items = datamodule.cold_item_mask  # a buffer: it moves with the module
         if stage == "fit":
             counts = datamodule.item_counts
             self.loss.set_item_counts(counts)
@@ -225,9 +225,10 @@ class TwoTowerModule(pl.LightningModule):
         """The metrics of the users whose target is a cold item and of those whose target is warm."""
         for kind, rows in (("cold", cold), ("warm", ~cold)):
             count = int(rows.sum())  # evaluation may wait for the device; a batch without such users logs nothing
+            if not count:
+                continue
             for name, values in metrics.items():
-                if count:
-                    self.log(f"{prefix}_{kind}/{name}", values[rows].mean(), batch_size=count, sync_dist=True)
+                self.log(f"{prefix}_{kind}/{name}", values[rows].mean(), batch_size=count, sync_dist=True)
 
     # ----- optimisation and checkpoints ---------------------------------------------------------------
     def configure_optimizers(self):
