@@ -21,10 +21,10 @@ from pathlib import Path
 import pandas as pd
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 2  # of impression lines; lines written before it was recorded are version 1
+SCHEMA_VERSION = 3  # of impression lines; lines written before it was recorded are version 1
 # Version 2 added the user as served (user_text, history_ids), what training from logs reads; version 1 lines still
-# serve off-policy evaluation.
-READABLE_VERSIONS = (1, 2)
+# serve off-policy evaluation. Version 3 added directed exploration (bonus, candidate_uncertainty) and user_key.
+READABLE_VERSIONS = (1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,9 @@ class Impression:
     index_version: str
     user_text: str | None = None  # the profile text the user tower read ("" for none); None in version 1 lines
     history_ids: list[str] | None = None  # item ids the user vector was computed from, oldest first (version 2)
+    bonus: float = 0.0  # directed exploration: sampled scores are candidate_scores + bonus x candidate_uncertainty
+    candidate_uncertainty: list[float] | None = None  # per candidate (version 3; None when bonus is 0)
+    user_key: str | None = None  # a new user's key across requests (version 3)
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
@@ -189,15 +192,25 @@ def _read_file(path: Path, kind: type) -> list[dict]:
     return rows
 
 
-def recent_slates(folder: str | Path, count: int) -> list[tuple[str, list[str]]]:
-    """The last ``count`` slates logged in ``folder`` as (request id, shown item ids), oldest first: those a
-    restarted server must still take feedback for. Reads the newest files only, as far back as ``count`` needs."""
-    slates: list[tuple[str, list[str]]] = []
+def recent_slates(folder: str | Path, count: int) -> list[tuple[str, list[str], str | None]]:
+    """The last ``count`` slates logged in ``folder`` as (request id, shown item ids, memory key), oldest first:
+    those a restarted server must still take feedback for. Reads the newest files only, as far back as ``count``
+    needs."""
+    slates: list[tuple[str, list[str], str | None]] = []
     for path in sorted(Path(folder).glob("impressions-*.jsonl"), reverse=True):
         if len(slates) >= count:
             break
-        slates = [(row["request_id"], row["slate"]) for row in _read_file(path, Impression)] + slates
+        rows = _read_file(path, Impression)
+        slates = [(row["request_id"], row["slate"], memory_key(row["user_id"], row.get("user_key")))
+                  for row in rows] + slates
     return slates[-count:] if count else []
+
+
+def memory_key(user_id: str | None, user_key: str | None) -> str | None:
+    """Whom a server remembers a slate for: a known user by id, a new user by the key their requests carry."""
+    if user_id is not None:
+        return f"id:{user_id}"
+    return None if user_key is None else f"key:{user_key}"
 
 
 def read_impressions(folder: str | Path) -> pd.DataFrame:

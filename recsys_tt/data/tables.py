@@ -113,10 +113,12 @@ class InteractionData:
 
 
 def load_interaction_data(interactions: str | Path, items: str | Path, users: str | Path | None = None,
-                          min_rating: float | None = None, catalog: str = "all") -> InteractionData:
+                          min_rating: float | None = None, catalog: str = "all",
+                          before: str | None = None) -> InteractionData:
     """Loads and checks the three tables; see the README's "Custom datasets" section for their columns.
 
     ``catalog`` "rated" keeps only the items that some kept interaction names; "all" keeps the whole items table.
+    ``before`` (a date, ISO 8601) keeps only the interactions before it: the world as it was at that time.
     """
     item_frame = _load_items(items)
     user_frame = _load_users(users) if users else None
@@ -125,6 +127,10 @@ def load_interaction_data(interactions: str | Path, items: str | Path, users: st
     if min_rating is not None:
         require_columns(inter, ["rating"], interactions)
         inter = inter[inter["rating"].astype(float) >= min_rating]
+    if before is not None:
+        inter = inter[inter["timestamp"] < cut_seconds(before)]
+        if inter.empty:
+            raise DataError(f"{interactions}: no interaction is before {before}; choose a later data.before.")
     repeated = int(inter.duplicated(["user_id", "item_id", "timestamp"]).sum())
     if repeated:  # kept: in re-consumption data (listens, purchases) a repeat is signal, and the split needs no rule
         log.info("%s: %d rows repeat an earlier (user_id, item_id, timestamp); kept as interactions of their own",
@@ -179,6 +185,16 @@ def _load_users(path: str | Path) -> pd.DataFrame:
     if frame["user_id"].duplicated().any():
         raise DataError(f"{path}: duplicate user_id {frame['user_id'][frame['user_id'].duplicated()].iloc[0]!r}.")
     return frame.set_index("user_id")
+
+
+def cut_seconds(date: str) -> float:
+    """Unix seconds of an ISO 8601 date (UTC unless it says otherwise)."""
+    try:
+        stamp = pd.Timestamp(date)
+    except ValueError as err:
+        raise DataError(f"{date!r} is not a date; write it as ISO 8601, e.g. 2016-05-14.") from err
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp
+    return (stamp - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
 
 
 def parse_timestamps(column: pd.Series, path: str | Path) -> np.ndarray:

@@ -1,13 +1,17 @@
-"""Softmax-temperature exploration: Plackett-Luce slates by Gumbel top-k, with exact and per-position propensities.
+"""Softmax-temperature exploration, optionally directed by each candidate's uncertainty: Plackett-Luce slates by
+Gumbel top-k, with exact and per-position propensities.
 
-Candidates arrive best first with scores s. A slate of k positions is drawn like this:
-- the first ``head`` positions are the best ``head`` candidates (deterministic);
+Candidates arrive best first with scores s and (optionally) uncertainties u (``serving.uncertainty``). The sampler
+ranks by the policy score p = s + bonus * u, an upper confidence bound: items the model knows little of move up.
+A slate of k positions is drawn like this:
+- the first ``head`` positions are the best ``head`` candidates by s (deterministic);
 - every further position, with probability ``epsilon``, takes a uniformly random remaining candidate, else the
-  remaining candidate with the largest s / temperature + Gumbel noise (one noise draw per candidate and slate).
-With epsilon = 0 that is Gumbel top-k, i.e. Plackett-Luce sampling from softmax(s / temperature). The Gumbel
+  remaining candidate with the largest p / temperature + Gumbel noise (one noise draw per candidate and slate).
+With epsilon = 0 that is Gumbel top-k, i.e. Plackett-Luce sampling from softmax(p / temperature). The Gumbel
 race is memoryless, so after any earlier picks (random or not) the next argmax is again the softmax over what
 remains; each pick's probability is therefore (1 - epsilon) * softmax_remaining + epsilon / |remaining|, and the
-slate's (cascade) probability is their product. Temperature 0 is greedy (ties go to the better-ranked candidate).
+slate's (cascade) probability is their product. Temperature 0 is greedy on p (ties go to the better-ranked
+candidate). Every propensity stays exact with a bonus, since the bonus only changes the scores sampled from.
 The probability that an item lands at a given position sums over all earlier picks, so it is estimated by
 drawing ``propensity_samples`` slates from the same policy.
 """
@@ -25,6 +29,8 @@ MIN_TEMPERATURE = 1e-8
 MAX_TEMPERATURE = 1e6
 """Largest temperature: cosine scores over it differ by under 2e-6, so a slate is uniform in effect; an adaptive
 boost is capped here too, so no product of settings reaches infinity."""
+MAX_BONUS = 100.0
+"""Largest bonus: cosine scores span [-1, 1], so beyond it the ranking below the head is by uncertainty alone."""
 
 
 def temperature_problem(temperature: float) -> str | None:
@@ -51,18 +57,28 @@ class ExplorationConfig:
     """History length at which the boost is halved."""
     propensity_samples: int = 1000
     """Slates drawn to estimate each shown item's per-position propensity (0: not estimated)."""
+    bonus: float = 0.0
+    """Directed exploration: below the head, each candidate's score is raised by bonus x its uncertainty (1 for an
+    item never observed, shrinking with its interactions and impressions), in cosine units; 0 = undirected."""
+    bonus_pseudo_count: float = 10.0
+    """Observations of an item that halve its score variance (the noise-to-prior variance ratio)."""
+    impression_weight: float = 0.1
+    """An impression counts as this many observations (a click or training interaction counts as 1)."""
 
     def __post_init__(self) -> None:
         checks = {"temperature": temperature_problem(self.temperature) is None,
                   "head": self.head >= 0, "epsilon": 0 <= self.epsilon <= 1,
                   "adaptive_boost": self.adaptive_boost >= 0 and math.isfinite(self.adaptive_boost),
-                  "adaptive_half_life": self.adaptive_half_life > 0, "propensity_samples": self.propensity_samples >= 0}
+                  "adaptive_half_life": self.adaptive_half_life > 0, "propensity_samples": self.propensity_samples >= 0,
+                  "bonus": 0 <= self.bonus <= MAX_BONUS, "bonus_pseudo_count": self.bonus_pseudo_count > 0,
+                  "impression_weight": 0 <= self.impression_weight <= 1}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"Exploration settings out of range: {', '.join(f'{b}={getattr(self, b)}' for b in bad)} "
                              f"(temperature 0 or {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}, head >= 0, "
                              "0 <= epsilon <= 1, adaptive_boost >= 0, adaptive_half_life > 0, "
-                             "propensity_samples >= 0).")
+                             f"propensity_samples >= 0, 0 <= bonus <= {MAX_BONUS:g}, bonus_pseudo_count > 0, "
+                             "0 <= impression_weight <= 1).")
 
     def user_temperature(self, history_length: int, temperature: float | None = None) -> float:
         """The temperature for a user with ``history_length`` known items (``temperature`` overrides the base)."""
@@ -114,8 +130,8 @@ def sample_slates(scores: np.ndarray, k: int, temperature: float, head: int, eps
 def _ranked_by_key(scores: np.ndarray, top: int, temperature: float, rng: np.random.Generator,
                    n: int) -> np.ndarray:
     """(n, top) indices of the largest scores / temperature + Gumbel noise, best first (greedy at temperature 0)."""
-    if temperature == 0 or top == 0:
-        return np.broadcast_to(np.arange(top), (n, top))
+    if temperature == 0 or top == 0:  # a stable sort keeps ties in candidate order
+        return np.broadcast_to(np.argsort(-scores, kind="stable")[:top], (n, top))
     # float32 keys halve the cost of the thousands of propensity draws; U stays inside (0, 1), so no log(0).
     # Logits relative to the best score, floored inside float32 range, cannot overflow at a tiny temperature.
     uniform = rng.random((n, len(scores)), dtype=np.float32) * np.float32(1 - 2**-23) + np.float32(2**-24)
@@ -141,10 +157,16 @@ def pick_probabilities(scores: np.ndarray, slate: np.ndarray, temperature: float
                 weights = np.exp(logits - logits.max())
                 best = weights[remaining == pick][0] / weights.sum()
             else:
-                best = float(pick == remaining[0])
+                best = float(pick == remaining[np.argmax(scores[remaining])])  # the first of tied maxima
             out[position] = (1 - epsilon) * best + epsilon / len(remaining)
         available[pick] = False
     return out
+
+
+def policy_scores(scores: np.ndarray, uncertainty: np.ndarray | None, bonus: float) -> np.ndarray:
+    """The scores slates are sampled from: the model's plus ``bonus`` x each candidate's uncertainty."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return scores if uncertainty is None or bonus == 0 else scores + bonus * np.asarray(uncertainty, dtype=np.float64)
 
 
 def is_deterministic(config: ExplorationConfig, temperature: float, k: int) -> bool:
@@ -165,9 +187,10 @@ def position_marginals(scores: np.ndarray, k: int, config: ExplorationConfig, te
 
 
 def explore(scores: np.ndarray, k: int, config: ExplorationConfig, temperature: float,
-            rng: np.random.Generator) -> Slate:
-    """Draws one slate of ``min(k, candidates)`` from best-first ``scores`` and computes its propensities."""
-    scores = np.asarray(scores, dtype=np.float64)
+            rng: np.random.Generator, uncertainty: np.ndarray | None = None) -> Slate:
+    """Draws one slate of ``min(k, candidates)`` from best-first ``scores`` (and the candidates' ``uncertainty``,
+    which ``config.bonus`` directs exploration by) and computes its propensities."""
+    scores = policy_scores(scores, uncertainty, config.bonus)
     k = min(k, len(scores))
     slate = sample_slates(scores, k, temperature, config.head, config.epsilon, rng)[0]
     picks = pick_probabilities(scores, slate, temperature, config.head, config.epsilon)

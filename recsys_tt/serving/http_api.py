@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from recsys_tt.serving.explore import MAX_TEMPERATURE, MIN_TEMPERATURE
 from recsys_tt.serving.recommender import Recommender
 from recsys_tt.serving.requests import (
+    MAX_KEY_CHARS,
     MAX_SEED,
     BadRequestError,
     ConflictError,
@@ -109,7 +110,7 @@ class _BodyLimit:
 def _user_rule() -> dict:
     """JSON schema of "a known user by user_id, or a new user by a non-blank text and/or recent items"."""
     known = {"required": ["user_id"], "properties": {"user_id": {"type": "string"}, "text": {"type": "null"},
-                                                      "recent_item_ids": {"maxItems": 0}}}
+                                                      "recent_item_ids": {"maxItems": 0}, "user_key": {"type": "null"}}}
     described = [{"required": ["text"], "properties": {"text": {"type": "string", "pattern": r"\S"}}},
                  {"required": ["recent_item_ids"], "properties": {"recent_item_ids": {"minItems": 1}}}]
     return {"anyOf": [known, {"properties": {"user_id": {"type": "null"}}, "anyOf": described}]}
@@ -127,7 +128,7 @@ def request_bodies(config: ServingConfig, catalog_size: int) -> tuple[type[BaseM
         """A known user by ``user_id``, or a new user by ``text`` and/or ``recent_item_ids`` (oldest first)."""
 
         model_config = ConfigDict(extra="forbid", json_schema_extra=_user_rule())
-        user_id: Text | None = Field(None, max_length=256, coerce_numbers_to_str=True)
+        user_id: Text | None = Field(None, max_length=MAX_KEY_CHARS, coerce_numbers_to_str=True)
         text: Text | None = Field(None, json_schema_extra={"maxLength": config.max_text_chars})
         recent_item_ids: list[Text] = Field(default_factory=list,
                                             json_schema_extra={"maxItems": config.max_recent_items})
@@ -141,6 +142,9 @@ def request_bodies(config: ServingConfig, catalog_size: int) -> tuple[type[BaseM
         seed: Seed | None = Field(None, description="Reproduces a slate exactly.")
         exclude: list[Text] = Field(default_factory=list, description="Item ids never to show.",
                                     json_schema_extra={"maxItems": config.max_exclude})
+        user_key: Text | None = Field(None, min_length=1, max_length=MAX_KEY_CHARS, coerce_numbers_to_str=True,
+                                      description="A new user's stable key across requests: what they were shown "
+                                      "and ignored is remembered by it (serving.ignore_limit).")
 
     class FeedbackBody(BaseModel):
         model_config = ConfigDict(extra="forbid")

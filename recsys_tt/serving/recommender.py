@@ -21,6 +21,7 @@ import numpy as np
 from recsys_tt.data.propensity_log import Feedback, Impression, PropensityLog, recent_slates
 from recsys_tt.export.folder import ExportFolder
 from recsys_tt.serving.explore import explore
+from recsys_tt.serving.ignored import IgnoredItems
 from recsys_tt.serving.requests import (
     MAX_SEED,
     BadRequestError,
@@ -35,6 +36,7 @@ from recsys_tt.serving.requests import (
 )
 from recsys_tt.serving.rerank import CandidateScorer, exact_scores, mmr
 from recsys_tt.serving.retrieval import search_excluding
+from recsys_tt.serving.uncertainty import ItemUncertainty
 from recsys_tt.serving.user_vectors import BATCH_SIZE, Lru, UserVectors
 
 
@@ -58,10 +60,15 @@ class Recommender:
         self.scorer, self.log = scorer, log
         self.log_error: str | None = None  # why the last log write failed, until one succeeds
         self.user_vectors = UserVectors(self.encode_users, self.config.cache_size)
-        self._served = Lru(self.config.feedback_window)  # request id -> the item ids its slate showed
+        self._served = Lru(self.config.feedback_window)  # request id -> (item ids its slate showed, memory key)
+        exploration = self.config.exploration
+        self.uncertainty = ItemUncertainty(export.items["train_count"].to_numpy(), exploration.bonus_pseudo_count,
+                                           exploration.impression_weight)
+        self.ignored = IgnoredItems(self.config.ignore_limit, self.config.cache_size)
         if log is not None:  # a restart must not lose the clicks on slates served just before it
-            for request_id, slate in recent_slates(log.folder, self.config.feedback_window):
-                self._served.put(request_id, frozenset(slate))
+            for request_id, slate, key in recent_slates(log.folder, self.config.feedback_window):
+                self._served.put(request_id, (frozenset(slate), key))
+                self.uncertainty.observe(export.item_rows[i] for i in slate if i in export.item_rows)
         self._encode_lock = threading.Lock()  # one forward pass at a time; torch uses all cores for each
         self._user_rows, self._item_ids = export.user_rows, export.item_ids
         self._names = export.items["history_name"].astype(str).to_numpy()
@@ -88,12 +95,14 @@ class Recommender:
         user = self.user(request)
         vector = self.user_vectors.get(user)
         excluded_rows, unknown_excluded = self._rows(request.exclude)
-        excluded = np.unique(np.concatenate([user.history, excluded_rows])).astype(np.int64)
-        rows, scores = self._candidates(vector, excluded, request.k)
+        key = request.memory_key
+        excluded = np.unique(np.concatenate([user.history, excluded_rows, self.ignored.excluded(key)]))
+        rows, scores = self._candidates(vector, excluded.astype(np.int64), request.k)
         exploration = self.config.exploration
         temperature = exploration.user_temperature(len(user.history), request.temperature)
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED)
-        slate = explore(scores, request.k, exploration, temperature, np.random.default_rng(seed))
+        uncertainty = self.uncertainty(rows) if exploration.bonus else None
+        slate = explore(scores, request.k, exploration, temperature, np.random.default_rng(seed), uncertainty)
         shown = rows[slate.picks]
         response = {
             "request_id": uuid.uuid4().hex, "user_id": user.user_id, "temperature": temperature, "seed": seed,
@@ -112,8 +121,11 @@ class Recommender:
             response["short_slate"] = (f"{len(shown)} of the {request.k} items asked for: every other item is "
                                        "excluded or in the user's history.")
         if self.log is not None:
-            self._write_log(self.log.log_slate, self._log_record(response, user, rows, scores, slate, shown))
-            self._served.put(response["request_id"], frozenset(self._item_ids[shown].tolist()))
+            record = self._log_record(response, user, rows, scores, uncertainty, slate, shown, request.user_key)
+            self._write_log(self.log.log_slate, record)
+            self._served.put(response["request_id"], (frozenset(self._item_ids[shown].tolist()), key))
+        self.uncertainty.observe(shown)
+        self.ignored.shown(key, shown)
         return response
 
     def warm_cache(self, requests: list[RecommendRequest], batch_size: int = BATCH_SIZE) -> None:
@@ -127,13 +139,16 @@ class Recommender:
         limit = self.config.max_abs_reward
         if not (math.isfinite(reward) and abs(reward) <= limit):
             raise BadRequestError(f"reward must be a finite number in [-{limit:g}, {limit:g}], got {reward}.")
-        shown = self._served.get(request_id)
-        if shown is None:
+        served = self._served.get(request_id)
+        if served is None:
             raise UnknownRequestError(f"request_id {request_id!r} was not served by this recommender (or is older "
                                       f"than its last {self.config.feedback_window} slates).")
+        shown, key = served
         if str(item_id) not in shown:
             raise ConflictError(f"item_id {item_id!r} was not in the slate of request {request_id!r}.")
         self._write_log(self.log.log_feedback, Feedback(request_id, str(item_id), float(reward), _now()))
+        if reward > 0:
+            self.ignored.clicked(key, self.export.item_rows[str(item_id)])
 
     def _write_log(self, write, record) -> None:
         """Writes a log record, or refuses the request: a slate that cannot be logged is not served, since off-policy
@@ -206,8 +221,8 @@ class Recommender:
         closest = user.history[np.argmax(vectors[user.history] @ vectors[rows].T, axis=0)]
         return [f"Because you liked {self._names[c]}." for c in closest]
 
-    def _log_record(self, response: dict, user: User, rows: np.ndarray, scores: np.ndarray, slate,
-                    shown: np.ndarray) -> Impression:
+    def _log_record(self, response: dict, user: User, rows: np.ndarray, scores: np.ndarray,
+                    uncertainty: np.ndarray | None, slate, shown: np.ndarray, user_key: str | None) -> Impression:
         exploration = self.config.exploration
         return Impression(
             request_id=response["request_id"], time=_now(), user_id=user.user_id, new_user=user.user_id is None,
@@ -219,7 +234,9 @@ class Recommender:
             position_propensities=None if slate.position_propensity is None else slate.position_propensity.tolist(),
             slate_probability=slate.probability, propensity_samples=exploration.propensity_samples,
             seed=response["seed"], model_version=self.model_version, index_version=self.index_version,
-            user_text=user.text, history_ids=self._item_ids[user.history].tolist())
+            user_text=user.text, history_ids=self._item_ids[user.history].tolist(), bonus=exploration.bonus,
+            candidate_uncertainty=None if uncertainty is None else [round(float(u), 6) for u in uncertainty],
+            user_key=user_key)
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat()

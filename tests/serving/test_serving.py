@@ -296,14 +296,14 @@ def test_impression_lines_are_typed_and_versioned(recommender):
     recommender.log.close()
     path = next(recommender.log.folder.glob("impressions-*.jsonl"))
     line = json.loads(path.read_text())
-    assert line["schema_version"] == 2 and Impression.from_json(line, "here").slate == line["slate"]
+    assert line["schema_version"] == 3 and Impression.from_json(line, "here").slate == line["slate"]
     served = recommender.export.split.history(recommender.export.user_rows["u1"], "all")
     assert line["history_ids"] == recommender.export.item_ids[served].tolist()
     assert line["user_text"] == recommender.export.users["profile"][recommender.export.user_rows["u1"]]
     old = {k: v for k, v in line.items() if k not in ("user_text", "history_ids", "schema_version")}
     assert Impression.from_json(old, "here").history_ids is None  # version 1 lines still read (for OPE)
-    with pytest.raises(ValueError, match="schema version 3"):
-        Impression.from_json({**line, "schema_version": 3}, "here")
+    with pytest.raises(ValueError, match="schema version 4"):
+        Impression.from_json({**line, "schema_version": 4}, "here")
     path.write_text(json.dumps({k: v for k, v in line.items() if k != "slate_rows"}) + "\n")
     with pytest.raises(ValueError, match=r"line 1: not a recsys_tt impression line \(missing \['slate_rows'\]"):
         read_impressions(recommender.log.folder)

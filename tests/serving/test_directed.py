@@ -1,0 +1,54 @@
+"""Serving that remembers what a user ignored, and exploration directed by each item's uncertainty."""
+
+from __future__ import annotations
+
+import pytest
+
+from recsys_tt.data.propensity_log import read_impressions
+from recsys_tt.serving.explore import ExplorationConfig
+from recsys_tt.serving.recommender import Recommender
+from recsys_tt.serving.requests import BadRequestError, RecommendRequest, ServingConfig
+
+GREEDY = ExplorationConfig(temperature=0.0, propensity_samples=0)
+
+
+def shown(response: dict) -> list[str]:
+    return [item["item_id"] for item in response["items"]]
+
+
+def test_items_a_user_ignored_twice_are_not_shown_again_unless_clicked(flat_export, tmp_path):
+    server = Recommender.load(flat_export, ServingConfig(exploration=GREEDY, ignore_limit=2), log_dir=tmp_path / "log")
+    request = RecommendRequest(text="Likes westerns.", k=2, user_key="s1")
+    first, second = shown(server.recommend(request)), server.recommend(request)
+    assert shown(second) == first  # greedy: the same slate until the limit is reached
+    server.feedback(second["request_id"], first[0], 1.0)  # clicked: not ignored
+    third = shown(server.recommend(request))
+    assert first[0] in third and first[1] not in third
+    other = RecommendRequest(text="Likes westerns.", k=2, user_key="s2")
+    assert shown(server.recommend(other)) == first  # another user remembers nothing
+    assert shown(server.recommend(RecommendRequest(text="Likes westerns.", k=2))) == first  # no key, no memory
+
+
+def test_a_known_user_is_remembered_by_id_and_cannot_also_send_a_key(flat_export):
+    server = Recommender.load(flat_export, ServingConfig(exploration=GREEDY, ignore_limit=1))
+    first = shown(server.recommend(RecommendRequest(user_id="u1", k=2)))
+    assert not set(first) & set(shown(server.recommend(RecommendRequest(user_id="u1", k=2))))
+    with pytest.raises(BadRequestError, match="user_key names a new user"):
+        server.recommend(RecommendRequest(user_id="u1", user_key="u1", k=2))
+
+
+def test_directed_slates_log_each_candidates_uncertainty_which_shrinks_as_items_are_shown(flat_export, tmp_path):
+    directed = ExplorationConfig(temperature=0.0, bonus=0.3, bonus_pseudo_count=1.0, impression_weight=1.0,
+                                 propensity_samples=0)
+    server = Recommender.load(flat_export, ServingConfig(exploration=directed), log_dir=tmp_path / "log")
+    for _ in range(3):
+        server.recommend(RecommendRequest(user_id="u2", k=2))
+    server.log.close()
+    lines = read_impressions(tmp_path / "log")
+    assert (lines["bonus"] == 0.3).all() and (lines["schema_version"] == 3).all()
+    first, last = (dict(zip(line.candidate_ids, line.candidate_uncertainty)) for line in
+                   (lines.iloc[0], lines.iloc[-1]))
+    item = lines.iloc[0]["slate"][0]
+    assert last[item] < first[item]  # shown twice since: less uncertain
+    counts = dict(zip(server.export.items["item_id"].astype(str), server.export.items["train_count"]))
+    assert first == pytest.approx({i: (1 + counts[i]) ** -0.5 for i in first})  # before any impression
