@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys_tt.data.amazon import UNTITLED, ensure_amazon_beauty
+from recsys_tt.data.amazon import UNTITLED, amazon_games, ensure_amazon_beauty
 from recsys_tt.data.tables import DataError, LeaveOneOut, load_interaction_data
 
 BEAUTY = Path(__file__).resolve().parents[3] / "shared" / "data" / "amazon-beauty"
@@ -45,3 +45,34 @@ def test_a_changed_or_missing_beauty_file_is_refused_with_what_to_do(tmp_path):
 def test_beauty_without_a_folder_says_where_to_point_it(tmp_path):
     with pytest.raises(DataError, match="needs data.folder"):
         ensure_amazon_beauty(None, tmp_path)
+
+
+GAMES = BEAUTY.parent / "amazon-games"
+needs_games = pytest.mark.skipif(not GAMES.is_dir(), reason=f"{GAMES} is not on this machine")
+
+
+@needs_games
+def test_games_before_the_cut_is_the_world_as_it_was_then():
+    folder = amazon_games(GAMES)
+    data = load_interaction_data(folder / "interactions.csv", folder / "items.csv", catalog="rated",
+                                 before="2016-05-14")
+    assert (data.num_users, data.num_items, sum(map(len, data.sequences))) == (45873, 16149, 362768)
+    everything = load_interaction_data(folder / "interactions.csv", folder / "items.csv", catalog="rated")
+    assert (everything.num_users, everything.num_items) == (50597, 16874)
+    with pytest.raises(DataError, match="no interaction is before 1990-01-01"):
+        load_interaction_data(folder / "interactions.csv", folder / "items.csv", before="1990-01-01")
+    with pytest.raises(DataError, match="'May 2016x' is not a date"):
+        load_interaction_data(folder / "interactions.csv", folder / "items.csv", before="May 2016x")
+
+
+@needs_games
+def test_a_changed_games_file_is_refused_naming_it(tmp_path):
+    copy = tmp_path / "games"
+    shutil.copytree(GAMES, copy)
+    (copy / "items.csv").chmod(0o644)
+    with open(copy / "items.csv", "a") as handle:
+        handle.write("99999,An extra game\n")
+    with pytest.raises(DataError, match="items.csv is not the pinned Amazon Video Games build"):
+        amazon_games(copy)
+    with pytest.raises(DataError, match="needs data.folder"):
+        amazon_games(None)
