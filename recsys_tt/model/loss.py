@@ -80,6 +80,28 @@ def click_weights(target: torch.Tensor, target_above: torch.Tensor, logging: tor
     return (weight / weight.mean().clamp(min=1e-300)).float()
 
 
+def dcg_examination(k: int) -> torch.Tensor:
+    """(k,) probability that a user looks at each position under the position-based click model of DCG."""
+    return 1.0 / torch.log2(torch.arange(k, dtype=torch.float64) + 2.0)
+
+
+def position_based_loss(logits: torch.Tensor, clicked: torch.Tensor, shown: torch.Tensor,
+                        examination: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of logged slates under the position-based click model.
+
+    A shown item at position j is clicked with probability e_j * sigmoid(logit): the user looked (e_j, the
+    examination curve) and liked it. A skipped item at the top is strong evidence against it; one at the bottom
+    was likely never seen and says little, which is what debiases training on impressions by position.
+    logits, clicked, shown: (B, k), shown marking real positions (slates may be short); examination (k,).
+    """
+    logits = logits.float()
+    examination = examination.to(logits).clamp(1e-6, 1.0)
+    log_click = torch.log(examination) + F.logsigmoid(logits)
+    log_skip = torch.log1p(-torch.exp(log_click).clamp(max=1 - 1e-6))
+    nll = -torch.where(clicked, log_click, log_skip)
+    return (nll * shown).sum() / shown.sum().clamp(min=1)
+
+
 def effective_sample_share(weight: torch.Tensor) -> torch.Tensor:
     """(sum w)^2 / (n sum w^2): the share of a weighted batch that an unweighted batch of equal variance would hold."""
     return weight.sum() ** 2 / (len(weight) * (weight**2).sum()).clamp(min=1e-12)
@@ -146,6 +168,12 @@ class LossConfig:
     """The target policy of the correction: the model's softmax over the catalog at this temperature, i.e. how the
     retrained model will serve. Set it to the serving exploration temperature (serving.exploration.temperature).
     The target is the model as the fine-tuning starts, held for the whole run (``TwoTowerModule``)."""
+    log_impressions: float = 1.0
+    """With ``data.logs``: the weight of the logged slates' position-based likelihood (``position_based_loss``), in
+    which every shown item is evidence, clicked or skipped, discounted by the examination of its position; 0 trains
+    on the clicks alone."""
+    examination: list[float] | None = None
+    """P(a user looks at position j), j = 1..k, of the logged slates; None: 1 / log2(j + 1), the DCG discount."""
     memory_size: int = 0
     """Cross-batch memory: the item vectors of recent batches (detached) join the negatives, up to this many
     columns, each with the logQ of the batch it came from; 0 turns it off. The memory is not checkpointed: a
@@ -162,6 +190,10 @@ class LossConfig:
             raise ValueError(f"log_weight_cap must be positive, got {self.log_weight_cap}.")
         if self.memory_size < 0:
             raise ValueError(f"memory_size must be >= 0, got {self.memory_size}.")
+        if not 0 <= self.log_impressions < math.inf:
+            raise ValueError(f"log_impressions must be >= 0 (0: clicks only), got {self.log_impressions}.")
+        if self.examination is not None and not all(0 < e <= 1 for e in self.examination):
+            raise ValueError(f"examination holds probabilities in (0, 1], one per position; got {self.examination}.")
         if self.negatives == "catalog" and self.memory_size:
             raise ValueError("negatives: catalog already scores every item; set memory_size: 0.")
 
@@ -175,6 +207,8 @@ class InBatchSoftmax(nn.Module):
         log_t = torch.tensor([math.log(config.temperature)])  # (1,): FSDP shards no 0-dim parameter
         self.log_temperature = nn.Parameter(log_t, requires_grad=config.learn_temperature)
         self.register_buffer("item_probs", torch.full((num_items,), 1.0 / num_items), persistent=False)
+        # sigmoid(score / temperature + bias) is the probability that a user likes an item they looked at
+        self.relevance_bias = nn.Parameter(torch.zeros(1))
         self.memory: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (vectors, ids, logq), newest first
 
     def set_item_counts(self, counts: torch.Tensor) -> None:
@@ -200,6 +234,8 @@ class InBatchSoftmax(nn.Module):
         key = prefix + "log_temperature"
         if key in state_dict and state_dict[key].dim() == 0:  # checkpoints from before it was (1,)
             state_dict[key] = state_dict[key].reshape(1)
+        if key in state_dict:  # checkpoints from before impressions were trained on start with bias 0
+            state_dict.setdefault(prefix + "relevance_bias", torch.zeros(1))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, user: torch.Tensor, item: torch.Tensor, positive: torch.Tensor, items: torch.Tensor,
@@ -223,6 +259,21 @@ class InBatchSoftmax(nn.Module):
         if self.config.memory_size and self.training:
             self._remember(item.detach(), items, logq)
         return loss
+
+    def examination(self, k: int) -> torch.Tensor:
+        """(k,) the examination curve of the logged slates (``LossConfig.examination``)."""
+        given = self.config.examination
+        if given is None:
+            return dcg_examination(k)
+        if len(given) < k:
+            raise ValueError(f"loss.examination has {len(given)} positions but the logged slates have {k}.")
+        return torch.tensor(given[:k], dtype=torch.float64)
+
+    def impression_loss(self, scores: torch.Tensor, clicked: torch.Tensor, shown: torch.Tensor) -> torch.Tensor:
+        """``position_based_loss`` of logged slates from their cosine scores (B, k). The softmax's temperature sets
+        the scale (not trained by this term: it is the softmax's), a learned bias the base rate."""
+        logits = scores / self.temperature.detach() + self.relevance_bias
+        return position_based_loss(logits, clicked, shown, self.examination(scores.shape[1]).to(scores.device))
 
     def _remember(self, item: torch.Tensor, items: torch.Tensor, logq: torch.Tensor) -> None:
         """Puts this batch's columns (padding dropped) in front of the memory and keeps the newest memory_size."""

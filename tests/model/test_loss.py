@@ -2,11 +2,19 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.stats import spearmanr
 
-from recsys_tt.model.loss import InBatchSoftmax, LossConfig, sampled_softmax_loss
+from recsys_tt.model.loss import (
+    InBatchSoftmax,
+    LossConfig,
+    dcg_examination,
+    position_based_loss,
+    sampled_softmax_loss,
+)
 
 
 def _reference(user, item, positive, temperature, logq=None, masked=()):
@@ -172,3 +180,53 @@ def test_a_checkpoint_with_the_older_scalar_temperature_loads():
     module.load_state_dict(old)
     assert module.log_temperature.shape == (1,) and module.temperature.item() == pytest.approx(0.07)
     assert module.temperature.dim() == 0  # logged and divided by as a scalar
+
+
+def _synthetic_log(seed: int = 0, items: int = 30, slates: int = 20_000, k: int = 5):
+    """Slates from a logger that puts the least relevant items on top; clicks from the position-based model."""
+    rng = np.random.default_rng(seed)
+    relevance = rng.permutation(np.linspace(0.05, 0.6, items))
+    exposure = (1 - relevance) ** 6  # the logger's (wrong) preference
+    shown = np.stack([rng.choice(items, k, replace=False, p=exposure / exposure.sum()) for _ in range(slates)])
+    looks = dcg_examination(k).numpy()
+    clicked = rng.random((slates, k)) < looks * relevance[shown]
+    return relevance, torch.as_tensor(shown), torch.as_tensor(clicked)
+
+
+def _fit(loss_of, items: int, steps: int = 400) -> np.ndarray:
+    logits = torch.zeros(items, requires_grad=True)
+    optimizer = torch.optim.Adam([logits], lr=0.1)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss_of(logits).backward()
+        optimizer.step()
+    return logits.detach().numpy()
+
+
+def test_the_position_based_objective_recovers_a_known_click_model_where_clicks_alone_do_not():
+    relevance, shown, clicked = _synthetic_log()
+    everywhere = torch.ones_like(clicked)
+    debiased = _fit(lambda theta: position_based_loss(theta[shown], clicked, everywhere, dcg_examination(5)), 30)
+    error = np.abs(1 / (1 + np.exp(-debiased)) - relevance)
+    assert error.mean() < 0.03 and error.max() < 0.1  # calibrated, not just ordered (rarely shown items: +-0.07)
+    clicks_only = _fit(lambda theta: F.cross_entropy(theta.expand(int(clicked.sum()), -1), shown[clicked]), 30)
+    no_positions = _fit(lambda theta: position_based_loss(theta[shown], clicked, everywhere, torch.ones(5)), 30)
+    order = spearmanr(debiased, relevance).statistic
+    assert order > 0.95
+    assert spearmanr(clicks_only, relevance).statistic < 0.3  # learns what the logger showed, not what users like
+    unlooked = np.abs(1 / (1 + np.exp(-no_positions)) - relevance)
+    assert unlooked.mean() > 3 * error.mean()  # counting every skip as a dislike underrates every item
+
+
+def test_impression_loss_scales_scores_by_the_softmax_temperature_and_learns_a_base_rate():
+    head = InBatchSoftmax(LossConfig(temperature=0.1), num_items=4)
+    scores, clicked = torch.tensor([[0.5, 0.1]]), torch.tensor([[True, False]])
+    loss = head.impression_loss(scores, clicked, torch.ones(1, 2))
+    expected = position_based_loss(scores / 0.1, clicked, torch.ones(1, 2), dcg_examination(2))
+    assert loss.item() == pytest.approx(expected.item())
+    loss.backward()
+    assert head.relevance_bias.grad is not None and head.log_temperature.grad is None
+    with pytest.raises(ValueError, match="loss.examination has 1 positions"):
+        InBatchSoftmax(LossConfig(examination=[1.0]), num_items=4).impression_loss(scores, clicked, torch.ones(1, 2))
+    with pytest.raises(ValueError, match="examination holds probabilities"):
+        LossConfig(examination=[1.0, 0.0])
