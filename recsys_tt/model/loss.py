@@ -102,6 +102,19 @@ def position_based_loss(logits: torch.Tensor, clicked: torch.Tensor, shown: torc
     return (nll * shown).sum() / shown.sum().clamp(min=1)
 
 
+def calibrate_bias(logits: torch.Tensor, clicked: torch.Tensor, shown: torch.Tensor,
+                   examination: torch.Tensor) -> float:
+    """The bias b for which the position-based model's expected clicks, sum of e_j * sigmoid(logit + b) over the shown
+    items, equal the clicks logged: where a fine-tuning on impressions starts, so that its first steps correct
+    what the model ranks rather than its base rate. logits, clicked, shown: (B, k); examination (k,)."""
+    logits, looks = logits.double()[shown], examination.double().expand_as(shown)[shown]
+    target, low, high = float(clicked[shown].sum()), -100.0, 100.0
+    for _ in range(100):  # bisection: expected clicks rise with b
+        middle = (low + high) / 2
+        low, high = (middle, high) if float((looks * torch.sigmoid(logits + middle)).sum()) < target else (low, middle)
+    return (low + high) / 2
+
+
 def effective_sample_share(weight: torch.Tensor) -> torch.Tensor:
     """(sum w)^2 / (n sum w^2): the share of a weighted batch that an unweighted batch of equal variance would hold."""
     return weight.sum() ** 2 / (len(weight) * (weight**2).sum()).clamp(min=1e-12)
@@ -268,6 +281,13 @@ class InBatchSoftmax(nn.Module):
         if len(given) < k:
             raise ValueError(f"loss.examination has {len(given)} positions but the logged slates have {k}.")
         return torch.tensor(given[:k], dtype=torch.float64)
+
+    def calibrate(self, scores: torch.Tensor, clicked: torch.Tensor, shown: torch.Tensor) -> None:
+        """Sets the relevance bias so that the model as it is predicts as many clicks as the slates (B, k) got."""
+        logits = scores / self.temperature.detach()
+        bias = calibrate_bias(logits, clicked, shown, self.examination(scores.shape[1]))
+        with torch.no_grad():
+            self.relevance_bias.fill_(bias)
 
     def impression_loss(self, scores: torch.Tensor, clicked: torch.Tensor, shown: torch.Tensor) -> torch.Tensor:
         """``position_based_loss`` of logged slates from their cosine scores (B, k). The softmax's temperature sets

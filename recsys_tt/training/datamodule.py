@@ -21,8 +21,8 @@ from recsys_tt.data.text import TextTemplates, render_table, tokenize_table
 from recsys_tt.data.user_inputs import UserFeatures, UserInput
 from recsys_tt.files import default_cache_dir
 from recsys_tt.model.backbone import DEFAULT_BACKBONE, load_tokenizer
-from recsys_tt.training.logged_clicks import LoggedClicks, read_logged_clicks
-from recsys_tt.training.sampling import MixedBatches, StepBatches, step_loader
+from recsys_tt.training.logged_clicks import Log, LoggedClicks, read_log
+from recsys_tt.training.sampling import MixedBatches, PairedBatches, StepBatches, step_loader
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +131,12 @@ class RecDataModule(pl.LightningDataModule):
                 raise ValueError(f"data.{name} must be positive, got {getattr(self.hparams, name)}.")
         self.templates = templates
         self.user_input: UserInput | None = None
+        self.train_impressions = False  # whether log steps also read the logged slates (the model's loss says)
 
     def setup(self, stage: str) -> None:
-        self.user_input = self.trainer.lightning_module.model.user_input
+        module = self.trainer.lightning_module
+        self.user_input = module.model.user_input
+        self.train_impressions = module.loss.config.log_impressions > 0
 
     @property
     def _mode(self) -> UserInput:
@@ -191,8 +194,12 @@ class RecDataModule(pl.LightningDataModule):
         return [seq[~cold[seq]] for seq in self.split.train]
 
     @functools.cached_property
+    def log(self) -> Log | None:
+        return read_log(self.hparams.logs, self.data.item_index()) if self.hparams.logs else None
+
+    @property
     def logged_clicks(self) -> LoggedClicks | None:
-        return read_logged_clicks(self.hparams.logs, self.data.item_index()) if self.hparams.logs else None
+        return None if self.log is None else self.log.clicks
 
     @functools.cached_property
     def item_counts(self) -> torch.Tensor:
@@ -254,6 +261,13 @@ class RecDataModule(pl.LightningDataModule):
                 "items": unique, "positive": self._mode.click_targets(histories, column, self.hparams.history_len),
                 "click": torch.as_tensor(rows)}
 
+    def impression_batch(self, examples: np.ndarray) -> dict[str, torch.Tensor]:
+        """Logged slates (B, 1) -> the users as served, the items shown (B, K) and which were clicked."""
+        slates, rows = self.log.impressions, examples[:, 0]
+        histories = [slates.histories[i] for i in rows]
+        return {**self.user_features.batch_from_text([slates.profiles[i] for i in rows], histories),
+                "shown": torch.as_tensor(slates.shown[rows]), "clicked": torch.as_tensor(slates.clicked[rows])}
+
     def eval_batch(self, users: list[int], stage: str) -> dict[str, torch.Tensor]:
         """Users -> user inputs with the history before the ``stage`` target, the target and items to exclude."""
         users = np.asarray(users)
@@ -281,6 +295,11 @@ class RecDataModule(pl.LightningDataModule):
         log.info("%d logged clicks from %s (%.0f%% of the steps)", len(self.logged_clicks), hp.logs,
                  100 * hp.logs_share)
         logged = batches(np.arange(len(self.logged_clicks))[:, None], self.log_batch)
+        if self.train_impressions:
+            log.info("%d logged slates, %d of them clicked, are trained on as impressions", len(self.log.impressions),
+                     int(self.log.impressions.clicked.any(axis=1).sum()))
+            slates = batches(np.arange(len(self.log.impressions))[:, None], self.impression_batch)
+            logged = PairedBatches(logged, slates, "impressions")
         if hp.logs_share == 1:
             return logged
         return MixedBatches(logged, batches(examples, self.train_batch), hp.logs_share, step)

@@ -1,12 +1,14 @@
 """Training examples from a serving log: each click, with the user as served and how likely its pick was, and its
-off-policy weight.
+off-policy weight; and each served slate, clicked or not.
 
 A propensity log folder (``serve.py --log_dir``, or the simulator's) holds impression and feedback lines. Every
 reward > 0 on an item of a logged slate is a click; it becomes one example: the user's text and the history
 their vector was computed from when the slate was served, the clicked item, the logging policy's probability of
-the pick that showed it, the items shown above it (the picks before it) and the slate's size. The log is only
-read. Lines that cannot become examples (from before schema version 2, items outside the training catalog,
-feedback for requests the log does not hold) are refused together, each with its file and line.
+the pick that showed it, the items shown above it (the picks before it) and the slate's size. Every slate becomes
+one impression example too: the user as served, the items shown in order and which were clicked, for the
+position-based likelihood (``loss.log_impressions``). The log is only read. Lines that cannot become examples
+(from before schema version 2, items outside the training catalog, feedback for requests the log does not hold)
+are refused together, each with its file and line.
 """
 
 from __future__ import annotations
@@ -46,14 +48,35 @@ class LoggedClicks:
         return np.bincount(self.items, minlength=num_items)
 
 
+@dataclass(frozen=True)
+class LoggedImpressions:
+    """One entry per served slate, in log order."""
+
+    profiles: list[str]
+    histories: list[np.ndarray]
+    shown: np.ndarray  # (S, K) catalog rows in display order, -1 after a short slate's end
+    clicked: np.ndarray  # (S, K) bool
+
+    def __len__(self) -> int:
+        return len(self.shown)
+
+
+@dataclass(frozen=True)
+class Log:
+    """What a log folder teaches: its clicks and its slates."""
+
+    clicks: LoggedClicks
+    impressions: LoggedImpressions
+
+
 def read_clicks(folder: str | Path) -> pd.DataFrame:
     """The feedback rows of a log folder that are clicks: the last reward of an item of a slate, when above 0."""
     feedback = latest_feedback(folder)
     return feedback[feedback["reward"] > 0]
 
 
-def read_logged_clicks(folder: str | Path, item_rows: dict[str, int]) -> LoggedClicks:
-    """The clicks of a log folder as examples over the catalog ``item_rows`` (item id -> row)."""
+def read_log(folder: str | Path, item_rows: dict[str, int]) -> Log:
+    """The clicks and slates of a log folder as examples over the catalog ``item_rows`` (item id -> row)."""
     impressions, problems = read_impressions(folder), []
     old = impressions["history_ids"].isna()
     problems += [f"{where}: logged before impression schema version 2, without the user as served"
@@ -63,28 +86,46 @@ def read_logged_clicks(folder: str | Path, item_rows: dict[str, int]) -> LoggedC
     problems += [f"{where}: request_id {request!r} has no impression in {folder}"
                  for where, request in clicks.loc[unknown, ["source", "request_id"]].itertuples(index=False)]
     impressions = impressions[~old].set_index("request_id")
+    for where, slate, history in impressions[["source", "slate", "history_ids"]].itertuples(index=False):
+        missing = [i for i in [*history, *slate] if i not in item_rows]
+        if missing:
+            problems.append(f"{where}: item {missing[0]!r} is not in the training catalog")
     clicks = clicks[clicks["request_id"].isin(impressions.index)]  # clicks on old lines: reported with their line
     served = impressions.loc[clicks["request_id"]]
     examples = [_example(click, shown, item_rows, problems) for click, shown in
                 zip(clicks.itertuples(index=False), served.itertuples(index=False))]
+    _refuse(problems, folder)
+    if not examples:
+        raise ValueError(f"{folder} holds no clicks (feedback with reward > 0) to train on.")
+    profiles, histories, items, picks, above, sizes = zip(*examples)
+    return Log(LoggedClicks(list(profiles), list(histories), np.asarray(items, dtype=np.int64),
+                            np.asarray(picks, dtype=np.float64), list(above), np.asarray(sizes, dtype=np.int64)),
+               _slates(impressions, clicks, item_rows))
+
+
+def _slates(impressions: pd.DataFrame, clicks: pd.DataFrame, item_rows: dict[str, int]) -> LoggedImpressions:
+    clicked = set(zip(clicks["request_id"], clicks["item_id"]))
+    width = int(impressions["slate"].map(len).max())
+    shown, hit = np.full((len(impressions), width), -1, dtype=np.int64), np.zeros((len(impressions), width), bool)
+    for row, (request, slate) in enumerate(zip(impressions.index, impressions["slate"])):
+        shown[row, : len(slate)] = [item_rows[i] for i in slate]
+        hit[row, : len(slate)] = [(request, i) in clicked for i in slate]
+    histories = [np.asarray([item_rows[i] for i in ids], dtype=np.int64) for ids in impressions["history_ids"]]
+    return LoggedImpressions(impressions["user_text"].fillna("").tolist(), histories, shown, hit)
+
+
+def _refuse(problems: list[str], folder: str | Path) -> None:
     if problems:
         raise ValueError(f"{len(problems)} log lines cannot be trained on (fix or move them; the log was not "
                          "changed):\n  " + "\n  ".join(problems[:_SHOWN]) +
                          (f"\n  ... and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""))
-    if not examples:
-        raise ValueError(f"{folder} holds no clicks (feedback with reward > 0) to train on.")
-    profiles, histories, items, picks, above, sizes = zip(*examples)
-    return LoggedClicks(list(profiles), list(histories), np.asarray(items, dtype=np.int64),
-                        np.asarray(picks, dtype=np.float64), list(above), np.asarray(sizes, dtype=np.int64))
 
 
 def _example(click, shown, item_rows: dict[str, int], problems: list[str]) -> tuple | None:
     """(profile, history rows, clicked row, pick probability, rows above, slate size), or None with the problem
     noted."""
-    missing = [i for i in [*shown.history_ids, *shown.slate, click.item_id] if i not in item_rows]
-    if missing:
-        problems.append(f"{shown.source}: item {missing[0]!r} is not in the training catalog")
-        return None
+    if any(i not in item_rows for i in [*shown.history_ids, *shown.slate]):
+        return None  # reported with its impression line
     if click.item_id not in shown.slate:
         problems.append(f"{click.source}: item {click.item_id!r} was not in the slate of request {click.request_id!r}")
         return None
@@ -119,3 +160,15 @@ def weigh_logged_clicks(clicks: LoggedClicks, encoder: Encoder, log_batch: Calla
         target.append(policy.gather(1, torch.as_tensor(clicks.items[rows], device=device)[:, None])[:, 0])
     return click_weights(torch.cat(target), torch.cat(above_mass), torch.as_tensor(clicks.pick_probability),
                          torch.as_tensor(clicks.slate_size), config).to(device)
+
+
+def score_logged_slates(slates: LoggedImpressions, encoder: Encoder, impression_batch: Callable[[np.ndarray], dict],
+                        batch_size: int) -> torch.Tensor:
+    """(S, K) the encoder's scores of every shown item for its user as served (0 after a short slate's end)."""
+    text, catalog = encoder.catalog_tensors()
+    chunks = [np.arange(start, min(start + batch_size, len(slates))) for start in range(0, len(slates), batch_size)]
+    users = torch.from_numpy(encoder.users((impression_batch(rows[:, None]) for rows in chunks),
+                                           text.float().cpu().numpy()))
+    shown = torch.as_tensor(slates.shown)
+    items = catalog.float().cpu()[shown.clamp(min=0)]  # (S, K, D)
+    return torch.einsum("sd,skd->sk", users, items) * (shown >= 0)

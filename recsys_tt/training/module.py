@@ -17,7 +17,7 @@ from recsys_tt.model.metrics import catalog_scores, exclude_seen, ranking_metric
 from recsys_tt.model.towers import TowerConfig, TwoTower
 from recsys_tt.model.weights import is_base_weight, load_trainable, sub_state
 from recsys_tt.training.checkpoint_files import read_checkpoint, resolve_checkpoint
-from recsys_tt.training.logged_clicks import weigh_logged_clicks
+from recsys_tt.training.logged_clicks import score_logged_slates, weigh_logged_clicks
 
 log = logging.getLogger(__name__)
 
@@ -170,14 +170,29 @@ class TwoTowerModule(pl.LightningModule):
         users, positive = users.reshape(-1, users.shape[-1]), positive.reshape(-1)
         weight = None if weight is None else weight.reshape(-1)
         loss = self.loss(users, items, positive, columns, weight, held_out=self.cold_items)
+        if "impressions" in batch:
+            impressions = self._impression_loss(batch["impressions"])
+            self.log("train/impression_loss", impressions, batch_size=len(batch["impressions"]["shown"]))
+            loss = loss + self.loss.config.log_impressions * impressions
         self.log("train/loss", loss, prog_bar=True, batch_size=len(positive))
         self.log("train/temperature", self.loss.temperature, batch_size=len(positive))
         return loss
+
+    def _impression_loss(self, batch: dict) -> torch.Tensor:
+        """The position-based likelihood of logged slates, for the users as served (``LossConfig.log_impressions``)."""
+        shown = batch["shown"]
+        items, column = torch.unique(shown.clamp(min=0), return_inverse=True)
+        vectors = self.batch_item_vectors(items)  # (M, D)
+        users = self.model.encode_users(batch, self.item_text_cache)  # (B, D)
+        scores = catalog_scores(users, vectors).gather(1, column)  # (B, K)
+        return self.loss.impression_loss(scores, batch["clicked"], shown >= 0)
 
     def on_train_start(self) -> None:
         clicks = self.trainer.datamodule.logged_clicks
         if clicks is None:
             return
+        if self.trainer.datamodule.train_impressions and self.global_step == 0:  # a resumed run keeps its bias
+            self._calibrate_relevance()
         if self.click_weight is not None:  # a resumed run keeps the weights it started with
             if len(self.click_weight) != len(clicks):
                 raise ValueError(f"The checkpoint weighed {len(self.click_weight)} logged clicks but data.logs holds "
@@ -190,6 +205,15 @@ class TwoTowerModule(pl.LightningModule):
         log.info("Off-policy weights (%s) of %d logged clicks: effective sample share %.3f, largest %.2f",
                  self.loss.config.log_correction, len(clicks), effective_sample_share(self.click_weight),
                  self.click_weight.max())
+
+    def _calibrate_relevance(self) -> None:
+        data = self.trainer.datamodule
+        slates = data.log.impressions
+        scores = score_logged_slates(slates, self.encoder, data.impression_batch, data.hparams.eval_batch_size)
+        clicked, shown = torch.as_tensor(slates.clicked), torch.as_tensor(slates.shown >= 0)
+        self.loss.calibrate(scores.to(self.device), clicked.to(self.device), shown.to(self.device))
+        log.info("Impressions: %d slates, %d clicks; relevance bias %.2f (the starting model predicts as many clicks)",
+                 len(slates), int(clicked.sum()), self.loss.relevance_bias.item())
 
     def _columns(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The softmax's item columns (M,) and each target's column: the batch's items, or the whole catalog."""

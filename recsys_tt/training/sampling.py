@@ -91,6 +91,29 @@ class MixedBatches:
         warn_if_changed(state, self.state_dict())
 
 
+class PairedBatches:
+    """Two resumable sources step by step: each batch of ``first`` carries ``second``'s batch of the same step under
+    ``key`` (an epoch is one pass of first; second starts its next epoch when it runs out)."""
+
+    def __init__(self, first: StepBatches, second: StepBatches, key: str) -> None:
+        self.first, self.second, self.key, self.current_step = first, second, key, first.current_step
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def __iter__(self) -> Iterator[dict]:
+        return (self.batch_at(step) for step in rest_of_epoch(self.current_step(), len(self)))
+
+    def batch_at(self, step: int) -> dict:
+        return {**self.first.batch_at(step), self.key: self.second.batch_at(step)}
+
+    def state_dict(self) -> dict:
+        return {"first": self.first.state_dict(), self.key: self.second.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        warn_if_changed(state, self.state_dict())
+
+
 def target_count(batch: dict) -> torch.Tensor:
     """The targets of a training batch (its non-padding positives), as a tensor on the batch's device: reading it
     on the host would make a GPU step wait."""

@@ -11,7 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recsys_tt.model.loss import LossConfig, click_weights, effective_sample_share, sampled_softmax_loss
+from recsys_tt.model.loss import (
+    LossConfig,
+    click_weights,
+    dcg_examination,
+    effective_sample_share,
+    sampled_softmax_loss,
+)
 from recsys_tt.model.towers import TowerConfig
 from recsys_tt.model.weights import sub_state
 from recsys_tt.serving.explore import ExplorationConfig
@@ -19,7 +25,7 @@ from recsys_tt.serving.recommender import Recommender
 from recsys_tt.serving.requests import RecommendRequest, ServingConfig
 from recsys_tt.training.checkpoint_files import read_checkpoint
 from recsys_tt.training.lightning_cli import main
-from recsys_tt.training.logged_clicks import read_logged_clicks
+from recsys_tt.training.logged_clicks import read_log, score_logged_slates
 from recsys_tt.training.module import TwoTowerModule
 from tests.helpers import train_args, write_tiny_dataset
 
@@ -115,7 +121,7 @@ def test_logged_clicks_hold_the_user_as_served_and_the_pick_probability(flat_exp
     known, new = _serve_and_click(flat_export, tmp_path / "log")
     recommender = Recommender.load(flat_export)
     rows = recommender.export.item_rows
-    clicks = read_logged_clicks(tmp_path / "log", rows)
+    clicks = read_log(tmp_path / "log", rows).clicks
     assert len(clicks) == 2 and clicks.slate_size.tolist() == [3, 3]
     assert clicks.items.tolist() == [rows[r["items"][1]["item_id"]] for r in (known, new)]
     assert clicks.pick_probability.tolist() == pytest.approx([r["items"][1]["pick_probability"] for r in (known, new)])
@@ -124,6 +130,15 @@ def test_logged_clicks_hold_the_user_as_served_and_the_pick_probability(flat_exp
     assert clicks.histories[0].tolist() == recommender.export.split.history(u1, "all").tolist()
     assert clicks.profiles[0] == recommender.export.users["profile"][u1]
     assert clicks.histories[1].tolist() == [rows["i1"], rows["i2"]] and clicks.profiles[1] == "A 30 year old writer."
+
+
+def test_logged_slates_hold_every_shown_item_in_order_and_which_were_clicked(flat_export, tmp_path):
+    served = _serve_and_click(flat_export, tmp_path / "log")
+    rows = Recommender.load(flat_export).export.item_rows
+    slates = read_log(tmp_path / "log", rows).impressions
+    assert slates.shown.tolist() == [[rows[i["item_id"]] for i in r["items"]] for r in served]
+    assert slates.clicked.tolist() == [[False, True, False]] * 2
+    assert slates.profiles[1] == "A 30 year old writer." and slates.histories[1].tolist() == [rows["i1"], rows["i2"]]
 
 
 def test_log_lines_that_cannot_be_trained_on_are_reported_with_file_and_line(flat_export, tmp_path):
@@ -138,7 +153,7 @@ def test_log_lines_that_cannot_be_trained_on_are_reported_with_file_and_line(fla
         out.write(json.dumps({"request_id": "never-served", "item_id": "i1", "reward": 1.0, "time": "t"}) + "\n")
     before = {p.name: p.read_bytes() for p in (tmp_path / "log").iterdir()}
     with pytest.raises(ValueError) as error:
-        read_logged_clicks(tmp_path / "log", Recommender.load(flat_export).export.item_rows)
+        read_log(tmp_path / "log", Recommender.load(flat_export).export.item_rows)
     message = str(error.value)
     assert message.startswith("3 log lines cannot be trained on")
     assert f"{impressions}, line 1: logged before impression schema version 2" in message
@@ -194,6 +209,26 @@ def test_fine_tuning_weighs_each_click_once_against_the_model_it_starts_from(tra
                         "--ckpt_path", str(tmp_path / "ml100k_minilm" / "version_0" / "checkpoints" / "last.ckpt"),
                         "--model.eval_ks", "[3,5]", "--best_checkpoint.monitor", "val/ndcg@5",
                         "--data.batch_size", "2"))
+
+
+def test_fine_tuning_on_impressions_starts_calibrated_and_trains_on_skips(trained, flat_export, tiny_bert, tmp_path):
+    _serve_and_click(flat_export, tmp_path / "log")
+    paths = write_tiny_dataset(tmp_path / "data")
+    common = ("--model.init_checkpoint", str(trained[0]), "--data.logs", str(tmp_path / "log"), "--model.eval_ks",
+              "[3,5]", "--best_checkpoint.monitor", "val/ndcg@5", "--data.batch_size", "2", "--model.lr", "1e-12",
+              "--model.id_lr", "1e-12")
+    cli = main(train_args(tmp_path / "on", paths, tiny_bert, 2, *common))
+    metrics = pd.read_csv(tmp_path / "on" / "ml100k_minilm" / "version_0" / "metrics.csv")
+    assert metrics["train/impression_loss"].dropna().map(math.isfinite).all()
+    data, head = cli.datamodule, cli.model.loss
+    scores = score_logged_slates(data.log.impressions, cli.model.encoder, data.impression_batch, 8)
+    looks = dcg_examination(3)
+    predicted = (looks * torch.sigmoid(scores / head.temperature + head.relevance_bias)).sum()
+    assert predicted.item() == pytest.approx(2.0, rel=1e-3)  # lr ~0: the bias is where calibration put it
+    off = main(train_args(tmp_path / "off", paths, tiny_bert, 2, *common, "--model.loss.log_impressions", "0"))
+    assert "train/impression_loss" not in pd.read_csv(tmp_path / "off" / "ml100k_minilm" / "version_0" /
+                                                      "metrics.csv")
+    assert off.model.loss.relevance_bias.item() == 0.0
 
 
 def test_logs_share_outside_zero_to_one_is_refused(tiny_dataset, tiny_bert, tmp_path):
