@@ -1,4 +1,5 @@
-"""Adding cold-start items to an export: text in, vectors out, no retraining."""
+"""Changing an export's catalog without retraining: adding cold-start items (text in, vectors out), and writing back
+item vectors refreshed from logs with the towers that now produce them."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from recsys_tt.data.tables import DataError, read_ids
 from recsys_tt.data.text import render_table
-from recsys_tt.export.folder import ExportFolder, hashed_files, require_finite
+from recsys_tt.export.folder import ExportFolder, hashed_files, model_version, require_finite
+from recsys_tt.export.index import build_index
 from recsys_tt.export.model_card import model_card
 from recsys_tt.files import folder_digests, replacing
+from recsys_tt.model.towers import TwoTower
+from recsys_tt.model.weights import save_towers
 
 
 def _new_items(path: str | Path, existing: dict[str, int]) -> pd.DataFrame:
@@ -38,22 +43,36 @@ def add_items(export_dir: str | Path, items_file: str | Path) -> dict:
     require_finite(text, items_file, "these items' texts encode to non-finite vectors; nothing was added")
     items = pd.concat([export.items, pd.DataFrame({"item_id": new["item_id"], "text": texts, "history_name": names,
                                                    "train_count": 0})], ignore_index=True)
-    _write_extended(export, items, text, text)  # new items have no trained id vector: their vector is their text
+    # new items have no trained id vector: their vector is their text
+    write_catalog(export, items, np.concatenate([export.text_vectors, text]),
+                  np.concatenate([export.vectors, text]), added=len(new))
     return {"export": str(export.folder), "added": len(new), "num_items": len(items)}
 
 
-def _write_extended(export: ExportFolder, items: pd.DataFrame, text: np.ndarray, vectors: np.ndarray) -> None:
+def write_catalog(export: ExportFolder, items: pd.DataFrame, text: np.ndarray, vectors: np.ndarray, added: int = 0,
+                  towers: tuple[TwoTower, dict[str, torch.Tensor]] | None = None, note: dict | None = None) -> None:
+    """Replaces the export folder (atomically) with this catalog: its items table, text vectors and vectors, a new
+    index over them of the export's kind, and ``towers`` (the model and its loss's tensors) when they changed.
+    ``note`` joins meta.json (what changed the folder)."""
     import faiss
 
     folder = export.folder
+    require_finite(vectors, folder / "vectors.npy", "nothing was written")
+    index, _ = build_index(np.ascontiguousarray(vectors, dtype=np.float32), export.meta["factory"],
+                           export.meta["search_params"])
+    meta = dict(export.meta, num_items=len(items), added_items=export.meta.get("added_items", 0) + added,
+                **(note or {}))
     with replacing(folder) as staging:
         shutil.copytree(folder, staging, dirs_exist_ok=True)
-        export.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-        faiss.write_index(export.index, str(staging / "index.faiss"))
-        np.save(staging / "vectors.npy", np.concatenate([export.vectors, vectors]))
-        np.save(staging / "text_vectors.npy", np.concatenate([export.text_vectors, text]))
+        faiss.write_index(index, str(staging / "index.faiss"))
+        np.save(staging / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.float32))
+        np.save(staging / "text_vectors.npy", np.ascontiguousarray(text, dtype=np.float32))
         items.to_parquet(staging / "items.parquet", index=False)
-        meta = dict(export.meta, num_items=len(items), added_items=export.meta.get("added_items", 0) + len(vectors),
-                    sha256=folder_digests(staging, hashed_files(export.meta["adapters"])))
+        if towers is not None:
+            model, extra = towers
+            save_towers(model, staging, extra)
+            meta["model_hparams"] = dict(meta["model_hparams"], num_items=model.num_items)
+        meta["sha256"] = folder_digests(staging, hashed_files(export.meta["adapters"]))
+        meta["model_version"] = model_version(meta["sha256"], export.meta["adapters"])
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
         (staging / "README.md").write_text(model_card(meta))

@@ -18,6 +18,7 @@ Nothing in it is pickled. ``recsys_tt.training.export`` writes them; reading one
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -53,6 +54,11 @@ def require_finite(vectors: np.ndarray | torch.Tensor, source: str | Path, fix: 
 def hashed_files(adapters: list[str]) -> list[str]:
     """The files whose sha256 meta.json records: all but meta.json itself and the model card."""
     return [*DATA_FILES, *weight_files(adapters)]
+
+
+def model_version(digests: dict[str, str], adapters: list[str]) -> str:
+    """A short digest of the weights (adapters and towers.safetensors): what a served slate was scored by."""
+    return hashlib.sha256("".join(digests[f] for f in weight_files(adapters)).encode()).hexdigest()[:16]
 
 
 def dataset_user_batches(features: UserFeatures, split: LeaveOneOut, users: np.ndarray, stage: str,

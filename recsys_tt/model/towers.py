@@ -212,6 +212,20 @@ class TwoTower(nn.Module):
         """Item texts (M, T) -> (M, D) text vectors, before id vectors are added."""
         return self._encode("item", attention_mask, input_ids=input_ids)
 
+    def grow_items(self, num_items: int) -> None:
+        """Makes room for items appended to the catalog since training: their id vectors start at zero and unseen,
+        so each keeps its text vector until something trains its id (``recsys_tt.offline.item_refresh``)."""
+        if num_items < self.num_items:
+            raise ValueError(f"The catalog has {num_items} items, fewer than the model's {self.num_items}.")
+        if self.config.item_id_embeddings and num_items > self.num_items:
+            old = self.item_ids.weight.data
+            self.item_ids = nn.Embedding(num_items, self.dim, device=old.device, dtype=old.dtype)
+            nn.init.zeros_(self.item_ids.weight)
+            self.item_ids.weight.data[: len(old)] = old
+            unseen = torch.zeros(num_items - len(old), dtype=torch.bool, device=old.device)
+            self.seen_items = torch.cat([self.seen_items, unseen])
+        self.num_items = num_items
+
     def add_item_ids(self, text: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
         """Text vectors (..., D) of items (...) -> item vectors: + id vector where the item was seen in training.
 

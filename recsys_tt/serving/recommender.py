@@ -36,7 +36,7 @@ from recsys_tt.serving.requests import (
 )
 from recsys_tt.serving.rerank import CandidateScorer, exact_scores, mmr
 from recsys_tt.serving.retrieval import search_excluding
-from recsys_tt.serving.uncertainty import ItemUncertainty
+from recsys_tt.serving.uncertainty import ItemUncertainty, observed_interactions
 from recsys_tt.serving.user_vectors import BATCH_SIZE, Lru, UserVectors
 
 
@@ -62,7 +62,7 @@ class Recommender:
         self.user_vectors = UserVectors(self.encode_users, self.config.cache_size)
         self._served = Lru(self.config.feedback_window)  # request id -> (item ids its slate showed, memory key)
         exploration = self.config.exploration
-        self.uncertainty = ItemUncertainty(export.items["train_count"].to_numpy(), exploration.bonus_pseudo_count,
+        self.uncertainty = ItemUncertainty(observed_interactions(export.items), exploration.bonus_pseudo_count,
                                            exploration.impression_weight)
         self.ignored = IgnoredItems(self.config.ignore_limit, self.config.cache_size)
         if log is not None:  # a restart must not lose the clicks on slates served just before it

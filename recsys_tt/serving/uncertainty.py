@@ -6,8 +6,9 @@ its id vector, for an item added from text alone (scripts/add_items.py) its text
 mean of everything the model says about it. With prior N(mean, s0^2 I) and each observation adding precision
 1 / sn^2, the posterior variance is s0^2 / (1 + n / c) with c = sn^2 / s0^2 (``bonus_pseudo_count``), so the std of
 a unit user's score is s0 / sqrt(1 + n / c). The bonus carries s0 (and the confidence level), so the uncertainty
-here is 1 for an item never observed. n counts an item's training interactions (the export's ``train_count``) and
-``impression_weight`` per slate that showed it since: shown and not clicked is weaker evidence than a click.
+here is 1 for an item never observed. n counts an item's training interactions and refreshed clicks
+(``observed_interactions``) and ``impression_weight`` per slate that showed it since: shown and not clicked is
+weaker evidence than a click.
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ import threading
 from collections.abc import Iterable
 
 import numpy as np
+import pandas as pd
+
+
+def observed_interactions(items: pd.DataFrame) -> np.ndarray:
+    """(N,) what an export's vectors learnt from per item: training interactions, and the logged clicks of a refresh
+    (``recsys_tt.offline.item_refresh``) where there was one."""
+    clicks = items["logged_clicks"].fillna(0) if "logged_clicks" in items else 0
+    return (items["train_count"] + clicks).to_numpy(dtype=np.float64)
 
 
 class ItemUncertainty:

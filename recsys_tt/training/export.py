@@ -6,7 +6,6 @@ The folder is written to a temporary sibling and renamed into place, so a crash 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 from importlib import metadata
@@ -15,7 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys_tt.export.folder import FORMAT_VERSION, dataset_user_batches, hashed_files, require_finite
+from recsys_tt.export.folder import (
+    FORMAT_VERSION,
+    dataset_user_batches,
+    hashed_files,
+    model_version,
+    require_finite,
+)
 from recsys_tt.export.index import build_index, recall_against_exact
 from recsys_tt.export.model_card import model_card
 from recsys_tt.files import folder_digests, replacing, sha256_file
@@ -74,7 +79,7 @@ def export_model(checkpoint: str | Path, out: str | Path, factory: str = "Flat",
     with replacing(out) as staging:
         _write(staging, index, text, vectors, items, users)
         temperature = {f"loss.{k}": v for k, v in module.loss.state_dict().items()}
-        weights = save_towers(module.model, staging, temperature)
+        save_towers(module.model, staging, temperature)
         digests = folder_digests(staging, hashed_files(module.model.adapters))
         meta = {
             "format_version": FORMAT_VERSION, "created_at": datetime.datetime.now(datetime.UTC).isoformat(),
@@ -82,7 +87,7 @@ def export_model(checkpoint: str | Path, out: str | Path, factory: str = "Flat",
             "search_params": search_params, "num_items": int(len(vectors)), "num_users": int(len(users)),
             "precision": dtype_name(encoder.precision), "backbone": module.model.config.backbone,
             "adapters": module.model.adapters, "sha256": digests,
-            "model_version": hashlib.sha256("".join(digests[f] for f in weights).encode()).hexdigest()[:16],
+            "model_version": model_version(digests, module.model.adapters),
             "source_checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": sha256_file(checkpoint),
             "versions": _versions(), "build_seconds": round(seconds, 3),
             "ann_recall_at_10": {"value": recall, "users": int(len(sample))},
