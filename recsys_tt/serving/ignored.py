@@ -1,8 +1,9 @@
 """What each user was shown and did not click, so that a server stops re-serving what a user keeps ignoring.
 
 Users are known by their dataset ``user_id`` or, for a new user, the ``user_key`` their requests carry. The memory
-is the server's own (a restart starts it afresh) and holds the most recently served users, as many as
-``serving.cache_size``; a user's counts cost about 100 bytes per distinct item shown.
+holds the most recently served users, as many as ``serving.cache_size`` (a user's counts cost about 100 bytes per
+distinct item shown); a restarted server reads it back from the last ``serving.feedback_window`` slates of its log
+(a click there clears the item's count, whichever slates came after it).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys_tt.data.propensity_log import Feedback, Impression, PropensityLog, recent_slates
+from recsys_tt.data.propensity_log import Feedback, Impression, PropensityLog, latest_feedback, recent_slates
 from recsys_tt.export.folder import ExportFolder
 from recsys_tt.serving.explore import explore
 from recsys_tt.serving.ignored import IgnoredItems
@@ -65,10 +65,8 @@ class Recommender:
         self.uncertainty = ItemUncertainty(observed_interactions(export.items), exploration.bonus_pseudo_count,
                                            exploration.impression_weight)
         self.ignored = IgnoredItems(self.config.ignore_limit, self.config.cache_size)
-        if log is not None:  # a restart must not lose the clicks on slates served just before it
-            for request_id, slate, key in recent_slates(log.folder, self.config.feedback_window):
-                self._served.put(request_id, (frozenset(slate), key))
-                self.uncertainty.observe(export.item_rows[i] for i in slate if i in export.item_rows)
+        if log is not None:
+            self._remember(log.folder)
         self._encode_lock = threading.Lock()  # one forward pass at a time; torch uses all cores for each
         self._user_rows, self._item_ids = export.user_rows, export.item_ids
         self._names = export.items["history_name"].astype(str).to_numpy()
@@ -77,6 +75,24 @@ class Recommender:
         meta = export.meta
         self.model_version = meta["model_version"]
         self.index_version = f"{meta['factory']}|{meta['num_items']} items|{meta['created_at']}"
+
+    def _remember(self, folder: Path) -> None:
+        """Reads back the last ``feedback_window`` slates of the log: a restart must not lose the clicks on slates
+        served just before it, the impressions that made items less uncertain, or what each user ignored."""
+        rows = self.export.item_rows
+        slates = recent_slates(folder, self.config.feedback_window)
+        for request_id, slate, key in slates:
+            self._served.put(request_id, (frozenset(slate), key))
+            shown = np.asarray([rows[i] for i in slate if i in rows], dtype=np.int64)
+            self.uncertainty.observe(shown)
+            self.ignored.shown(key, shown)
+        if self.config.ignore_limit and slates:
+            keys = {request_id: key for request_id, _, key in slates}
+            clicks = latest_feedback(folder)
+            clicks = clicks[(clicks["reward"] > 0) & clicks["request_id"].isin(keys)]
+            for request_id, item in clicks[["request_id", "item_id"]].itertuples(index=False):
+                if item in rows:
+                    self.ignored.clicked(keys[request_id], rows[item])
 
     @classmethod
     def load(cls, export_dir: str | Path, config: ServingConfig | None = None, scorer: CandidateScorer | None = None,

@@ -27,6 +27,10 @@ def test_items_a_user_ignored_twice_are_not_shown_again_unless_clicked(flat_expo
     other = RecommendRequest(text="Likes westerns.", k=2, user_key="s2")
     assert shown(server.recommend(other)) == first  # another user remembers nothing
     assert shown(server.recommend(RecommendRequest(text="Likes westerns.", k=2))) == first  # no key, no memory
+    server.log.close()
+    restarted = Recommender.load(flat_export, ServingConfig(exploration=GREEDY, ignore_limit=2),
+                                 log_dir=tmp_path / "log")
+    assert shown(restarted.recommend(request)) == third  # the memory is read back from the log
 
 
 def test_a_known_user_is_remembered_by_id_and_cannot_also_send_a_key(flat_export):
