@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -108,4 +109,24 @@ def plot_ablation(results: dict[str, dict], out: str | Path) -> Path:
                   rotation=30, ha="right")
     ax.set(ylabel="test NDCG@10 (full ranking)", title="What the language model adds")
     ax.legend(fontsize=8)
+    return _save(plt, fig, out)
+
+
+def plot_arrivals(rounds: dict, out: str | Path) -> Path:
+    """Arrival simulations by round, mean over seeds (band: lowest to highest seed): cumulative clicks, cumulative
+    clicks on released items, coverage and held-out NDCG@10. ``rounds``: seed -> policy -> per-round records."""
+    plt = _pyplot()
+    panels = (("clicks", True, "cumulative clicks"), ("released_clicks", True, "cumulative clicks on released items"),
+              ("coverage", False, "items shown / catalog"), ("ndcg@10", False, "held-out NDCG@10"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    policies = list(dict.fromkeys(name for by_policy in rounds.values() for name in by_policy))
+    for name in policies:
+        runs = [pd.DataFrame(by_policy[name]) for by_policy in rounds.values() if name in by_policy]
+        for ax, (metric, cumulative, title) in zip(axes, panels):
+            values = np.array([r[metric].cumsum() if cumulative else r[metric] for r in runs], dtype=float)
+            x = runs[0]["round"]
+            ax.plot(x, values.mean(axis=0), marker=".", label=name)
+            ax.fill_between(x, values.min(axis=0), values.max(axis=0), alpha=0.15)
+            ax.set(xlabel="round", title=title)
+    axes[0].legend(fontsize=8)
     return _save(plt, fig, out)

@@ -7,7 +7,7 @@ what was run.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from recsys_tt.serving.explore import ExplorationConfig
@@ -37,6 +37,7 @@ def describe(config: ExplorationConfig) -> str:
     parts += [f"head {config.head}"] if config.head else []
     parts += [f"eps {config.epsilon:g}"] if config.epsilon else []
     parts += [f"adaptive x{config.adaptive_boost:g}"] if config.adaptive_boost else []
+    parts += [f"bonus {config.bonus:g}"] if config.bonus else []
     return ", ".join(parts)
 
 
@@ -75,3 +76,24 @@ EXPLORING = ExplorationConfig(temperature=0.02)  # the simulator's best 5-to-10-
 RETRAINING_LOOPS = (RetrainingLoop(GREEDY, "none"), RetrainingLoop(EXPLORING, "none"),
                     RetrainingLoop(EXPLORING, "topk"))
 """The loops scripts/simulate_retraining.py compares: greedy and exploring serving, with and without correction."""
+
+
+@dataclass(frozen=True)
+class ArrivalPolicy:
+    """A serving policy of the arrivals simulator and how its rounds fine-tune."""
+
+    name: str
+    exploration: ExplorationConfig
+    log_impressions: float  # the refresh's weight of skipped items (0: clicks only)
+    text_prior: bool = True  # False: released items get one placeholder text, so a new item's prior says nothing
+
+
+_EXPLORING_HEAD = ExplorationConfig(temperature=0.02, head=3)
+ARRIVAL_POLICIES = (
+    ArrivalPolicy("greedy + retraining", GREEDY, log_impressions=0.0),
+    ArrivalPolicy("temperature + retraining", _EXPLORING_HEAD, log_impressions=0.0),
+    ArrivalPolicy("directed + impression-aware retraining", replace(_EXPLORING_HEAD, bonus=0.1), log_impressions=1.0),
+    ArrivalPolicy("directed + impression-aware, no text prior", replace(_EXPLORING_HEAD, bonus=0.1),
+                  log_impressions=1.0, text_prior=False),
+)
+"""What scripts/simulate_arrivals.py compares: the first is the baseline, the last isolates the text prior."""
