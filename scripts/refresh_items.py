@@ -1,8 +1,8 @@
 """Refresh an export's item vectors from its serving log, without retraining the towers or re-encoding the catalog.
 
-    python scripts/refresh_items.py --export exports/games --logs logs/games --steps 100
+    python scripts/refresh_items.py --export exports/games --logs logs/games
 
-Trains each item's id vector (new items: from their text vector) on the log's clicks and, with
+Fits each item's id vector (new items: from their text vector) to the log's clicks and, with
 --log_impressions (default 1), on every shown item, clicked or skipped, discounted by the examination of its
 position. Rewrites the export atomically with a new model_version; serve it again to use it.
 """
@@ -15,20 +15,20 @@ from recsys_tt.cli import run
 from recsys_tt.offline.item_refresh import RefreshConfig, refresh_item_vectors
 
 
-def main(export: str, logs: str, steps: int = 100, lr: float = 0.01, log_impressions: float = 1.0,
+def main(export: str, logs: str, steps: int = 30, prior_precision: float = 20.0, log_impressions: float = 1.0,
          examination: list[float] | None = None, max_slates: int | None = None) -> None:
     """Refresh the item vectors of ``export`` from the propensity log folder ``logs``.
 
     Args:
         export: folder written by scripts/export_index.py (items added since by scripts/add_items.py included).
         logs: propensity log folder of a server of this export (serve.py --log_dir).
-        steps: full-batch Adam steps over the log.
-        lr: learning rate of the id vectors.
+        steps: L-BFGS iterations over the whole log.
+        prior_precision: how strongly each id vector stays where it was (a Gaussian prior's precision).
         log_impressions: weight of every shown item's position-based likelihood (0: clicks only).
         examination: P(a user looks at position j), one number per position; default 1 / log2(j + 1).
         max_slates: learn from the most recent slates only, at most this many.
     """
-    config = RefreshConfig(steps, lr, log_impressions, examination, max_slates)
+    config = RefreshConfig(steps, prior_precision, log_impressions, examination, max_slates)
     print(json.dumps(refresh_item_vectors(export, logs, config)))
 
 

@@ -53,7 +53,7 @@ def compare(results: dict[int, dict[str, dict]]) -> dict[str, dict]:
     (seed, user), and coverage per seed."""
     baseline, out = ARRIVAL_POLICIES[0].name, {}
     for policy in ARRIVAL_POLICIES[1:]:
-        name, seeds = policy.name, [s for s in results if policy.name in results[s]]
+        name, seeds = policy.name, [s for s in results if {policy.name, baseline} <= set(results[s])]
         if not seeds:
             continue
         pairs = [(results[s][name], results[s][baseline]) for s in seeds]
@@ -88,7 +88,8 @@ def print_table(results: dict[int, dict[str, dict]], comparison: dict[str, dict]
 
 
 def main(export: str, seeds: list[int] | None = None, rounds: int = 10, users_per_round: int = 1000, k: int = 10,
-         satiation: float = 0.5, ignore_limit: int = 3, refresh_steps: int = 50, eval_users: int = 2000,
+         satiation: float = 0.5, ignore_limit: int = 3, refresh_steps: int = 30, prior_precision: float = 20.0,
+         eval_users: int = 2000,
          policies: list[str] | None = None, out: str = "runs/arrivals") -> None:
     """Run every arrival policy on the same world for each seed.
 
@@ -100,19 +101,21 @@ def main(export: str, seeds: list[int] | None = None, rounds: int = 10, users_pe
         k: slate size.
         satiation: each earlier impression of an item without a click multiplies its click probability by this.
         ignore_limit: the server stops showing an item a user skipped this many times (every policy).
-        refresh_steps: Adam steps of each round's refresh of the item vectors from the log so far.
+        refresh_steps: L-BFGS iterations of each round's refresh of the item vectors from the log so far.
+        prior_precision: how strongly a refresh keeps each item vector where it was.
         eval_users: users whose held-out last item measures NDCG@10 after each round.
         policies: run only these names of ARRIVAL_POLICIES (default: all).
         out: output folder (each policy's export and log are replaced).
     """
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("recsys_tt.offline.arrivals").setLevel(logging.INFO)  # a line per round
     chosen = [p for p in ARRIVAL_POLICIES if policies is None or p.name in policies]
     if policies is not None and len(chosen) != len(policies):
         raise ValueError(f"policies must be names of {[p.name for p in ARRIVAL_POLICIES]}, got {policies}.")
     base = ExportFolder.load(export)
     interactions, items, cut = _world_tables(base)
     config = ArrivalConfig(rounds, users_per_round, k, satiation, ignore_limit,
-                           RefreshConfig(steps=refresh_steps, max_slates=20_000), eval_users)
+                           RefreshConfig(refresh_steps, prior_precision, max_slates=20_000), eval_users)
     world = ArrivalWorld.build(interactions, cut, rounds, set(base.item_ids))
     print(f"{len(world.release)} items arrive over {rounds} rounds; {len(world.wanted)} users with later items "
           f"({sum(not h for h in world.start.values())} arrive after the cut)", flush=True)
@@ -129,7 +132,8 @@ def main(export: str, seeds: list[int] | None = None, rounds: int = 10, users_pe
     print_table(results, comparison)
     summary = {"settings": {"export": export, "seeds": seeds or [0], "rounds": rounds,
                             "users_per_round": users_per_round, "k": k, "satiation": satiation,
-                            "ignore_limit": ignore_limit, "refresh_steps": refresh_steps, "eval_users": eval_users},
+                            "ignore_limit": ignore_limit, "refresh_steps": refresh_steps,
+                            "prior_precision": prior_precision, "eval_users": eval_users},
                "comparison": comparison,
                "rounds": {seed: {name: r["rounds"] for name, r in by_policy.items()}
                           for seed, by_policy in results.items()}}

@@ -87,7 +87,7 @@ class ArrivalConfig:
     k: int = 10
     satiation: float = 0.5
     ignore_limit: int = 3
-    refresh: RefreshConfig = field(default_factory=lambda: RefreshConfig(steps=50, max_slates=20_000))
+    refresh: RefreshConfig = field(default_factory=lambda: RefreshConfig(max_slates=20_000))
     eval_users: int = 2000
     placeholder: str = "A new product"
 
@@ -141,7 +141,10 @@ def run_arrivals(world: ArrivalWorld, items: pd.DataFrame, base_export: Path, po
                           "ndcg@10": float(np.mean(list(quality.values()))) if quality else float("nan"),
                           "novelty": float(np.mean([novelty.get(i, new_item_novelty) for i in shown])) if shown
                           else 0.0, "seconds": round(time.perf_counter() - began, 1)})
-        log.info("%s round %d: %s", policy.name, r + 1, per_round[-1])
+        done = per_round[-1]
+        log.info("%s, round %d/%d: %d users, %d clicks (%d on released items), coverage %.4f, NDCG@10 %.4f, %.0fs",
+                 policy.name, r + 1, config.rounds, done["users"], done["clicks"], round_new, done["coverage"],
+                 done["ndcg@10"], done["seconds"])
     return {"policy": policy.name, "rounds": per_round, "clicks": clicks, "released_clicks": released_clicks,
             "ndcg@10": quality, "coverage": len(shown_all) / len(catalog_items), "shown_items": len(shown_all)}
 

@@ -50,12 +50,12 @@ def test_a_refresh_teaches_a_new_item_its_clicks_and_keeps_the_folder_consistent
     folder, logs = refreshed_setup
     before = ExportFolder.load(folder)
     new_before = _scores(before, "n1")
-    summary = refresh_item_vectors(folder, logs, RefreshConfig(steps=60, lr=0.05))
+    summary = refresh_item_vectors(folder, logs, RefreshConfig(prior_precision=1.0))
     after = ExportFolder.load(folder)  # verified: every hash and shape matches
     assert summary["slates"] == 4 and summary["clicks"] == 4 and summary["loss_last"] < summary["loss_first"]
     assert (_scores(after, "n1") > new_before + 0.05).all()
     assert after.meta["model_version"] != before.meta["model_version"]
-    assert after.meta["model_hparams"]["num_items"] == 13 and after.meta["refresh"]["steps"] == 60
+    assert after.meta["model_hparams"]["num_items"] == 13 and after.meta["refresh"]["prior_precision"] == 1.0
     assert after.items.set_index("item_id")["logged_clicks"].to_dict()["n1"] == 4
     model = after.encoder.model  # the towers reloaded from the folder give the vectors it serves
     rebuilt = model.add_item_ids(torch.from_numpy(after.text_vectors), torch.arange(13)).detach().numpy()
@@ -69,8 +69,8 @@ def test_skipped_items_lose_more_when_impressions_count(refreshed_setup, tmp_pat
     first = json.loads(next(logs.glob("impressions-*.jsonl")).read_text().splitlines()[0])
     skipped = next(i for i in first["slate"] if i != "n1")  # on top of the first slate and never clicked
     before = _scores(ExportFolder.load(folder), skipped)
-    refresh_item_vectors(folder, logs, RefreshConfig(steps=60, lr=0.05))
-    refresh_item_vectors(clicks_only, logs, RefreshConfig(steps=60, lr=0.05, log_impressions=0.0))
+    refresh_item_vectors(folder, logs, RefreshConfig(prior_precision=1.0))
+    refresh_item_vectors(clicks_only, logs, RefreshConfig(prior_precision=1.0, log_impressions=0.0))
     drop = before - _scores(ExportFolder.load(folder), skipped)
     drop_clicks_only = before - _scores(ExportFolder.load(clicks_only), skipped)
     assert drop.mean() > drop_clicks_only.mean()
