@@ -102,17 +102,24 @@ def position_based_loss(logits: torch.Tensor, clicked: torch.Tensor, shown: torc
     return (nll * shown).sum() / shown.sum().clamp(min=1)
 
 
-def calibrate_bias(logits: torch.Tensor, clicked: torch.Tensor, shown: torch.Tensor,
-                   examination: torch.Tensor) -> float:
-    """The bias b for which the position-based model's expected clicks, sum of e_j * sigmoid(logit + b) over the shown
-    items, equal the clicks logged: where a fine-tuning on impressions starts, so that its first steps correct
-    what the model ranks rather than its base rate. logits, clicked, shown: (B, k); examination (k,)."""
-    logits, looks = logits.double()[shown], examination.double().expand_as(shown)[shown]
-    target, low, high = float(clicked[shown].sum()), -100.0, 100.0
-    for _ in range(100):  # bisection: expected clicks rise with b
-        middle = (low + high) / 2
-        low, high = (middle, high) if float((looks * torch.sigmoid(logits + middle)).sum()) < target else (low, middle)
-    return (low + high) / 2
+def fit_relevance_link(scores: torch.Tensor, clicked: torch.Tensor, shown: torch.Tensor,
+                       examination: torch.Tensor, iterations: int = 100) -> tuple[float, float]:
+    """(scale a, bias b) of the link sigmoid(a * score + b) that makes the position-based model fit logged slates
+    best for these scores (maximum likelihood, L-BFGS on two numbers): where a fine-tuning on impressions starts.
+    A softmax's scores are not probabilities; without the fit, skipped top items would be read as near-certain
+    likes that were turned down, and pushed far down. scores, clicked, shown: (B, k); examination (k,)."""
+    scores = scores.detach().double()
+    link = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([link], max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = position_based_loss(scores * link[0] + link[1], clicked, shown, examination)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(link[0]), float(link[1])
 
 
 def effective_sample_share(weight: torch.Tensor) -> torch.Tensor:
@@ -220,8 +227,8 @@ class InBatchSoftmax(nn.Module):
         log_t = torch.tensor([math.log(config.temperature)])  # (1,): FSDP shards no 0-dim parameter
         self.log_temperature = nn.Parameter(log_t, requires_grad=config.learn_temperature)
         self.register_buffer("item_probs", torch.full((num_items,), 1.0 / num_items), persistent=False)
-        # sigmoid(score / temperature + bias) is the probability that a user likes an item they looked at
-        self.relevance_bias = nn.Parameter(torch.zeros(1))
+        # sigmoid(scale * score + bias) is the probability that a user likes an item they looked at
+        self.relevance_link = nn.Parameter(torch.tensor([1.0, 0.0]))
         self.memory: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (vectors, ids, logq), newest first
 
     def set_item_counts(self, counts: torch.Tensor) -> None:
@@ -248,7 +255,7 @@ class InBatchSoftmax(nn.Module):
         if key in state_dict and state_dict[key].dim() == 0:  # checkpoints from before it was (1,)
             state_dict[key] = state_dict[key].reshape(1)
         if key in state_dict:  # checkpoints from before impressions were trained on start with bias 0
-            state_dict.setdefault(prefix + "relevance_bias", torch.zeros(1))
+            state_dict.setdefault(prefix + "relevance_link", torch.tensor([1.0, 0.0]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, user: torch.Tensor, item: torch.Tensor, positive: torch.Tensor, items: torch.Tensor,
@@ -283,16 +290,14 @@ class InBatchSoftmax(nn.Module):
         return torch.tensor(given[:k], dtype=torch.float64)
 
     def calibrate(self, scores: torch.Tensor, clicked: torch.Tensor, shown: torch.Tensor) -> None:
-        """Sets the relevance bias so that the model as it is predicts as many clicks as the slates (B, k) got."""
-        logits = scores / self.temperature.detach()
-        bias = calibrate_bias(logits, clicked, shown, self.examination(scores.shape[1]))
+        """Fits the relevance link to slates (B, k) as the model scores them now (``fit_relevance_link``)."""
+        link = fit_relevance_link(scores, clicked, shown, self.examination(scores.shape[1]).to(scores.device))
         with torch.no_grad():
-            self.relevance_bias.fill_(bias)
+            self.relevance_link.copy_(torch.tensor(link))
 
     def impression_loss(self, scores: torch.Tensor, clicked: torch.Tensor, shown: torch.Tensor) -> torch.Tensor:
-        """``position_based_loss`` of logged slates from their cosine scores (B, k). The softmax's temperature sets
-        the scale (not trained by this term: it is the softmax's), a learned bias the base rate."""
-        logits = scores / self.temperature.detach() + self.relevance_bias
+        """``position_based_loss`` of logged slates from their cosine scores (B, k) through the relevance link."""
+        logits = scores * self.relevance_link[0] + self.relevance_link[1]
         return position_based_loss(logits, clicked, shown, self.examination(scores.shape[1]).to(scores.device))
 
     def _remember(self, item: torch.Tensor, items: torch.Tensor, logq: torch.Tensor) -> None:

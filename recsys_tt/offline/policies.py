@@ -92,8 +92,8 @@ _EXPLORING_HEAD = ExplorationConfig(temperature=0.02, head=3)
 ARRIVAL_POLICIES = (
     ArrivalPolicy("greedy + retraining", GREEDY, log_impressions=0.0),
     ArrivalPolicy("temperature + retraining", _EXPLORING_HEAD, log_impressions=0.0),
-    ArrivalPolicy("directed + impression-aware retraining", replace(_EXPLORING_HEAD, bonus=0.1), log_impressions=1.0),
-    ArrivalPolicy("directed + impression-aware, no text prior", replace(_EXPLORING_HEAD, bonus=0.1),
+    ArrivalPolicy("directed + impression-aware retraining", replace(_EXPLORING_HEAD, bonus=0.2), log_impressions=1.0),
+    ArrivalPolicy("directed + impression-aware, no text prior", replace(_EXPLORING_HEAD, bonus=0.2),
                   log_impressions=1.0, text_prior=False),
 )
 """What scripts/simulate_arrivals.py compares: the first is the baseline, the last isolates the text prior."""

@@ -60,6 +60,10 @@ class ExplorationConfig:
     bonus: float = 0.0
     """Directed exploration: below the head, each candidate's score is raised by bonus x its uncertainty (1 for an
     item never observed, shrinking with its interactions and impressions), in cosine units; 0 = undirected."""
+    bonus_candidates: int = 50
+    """With a bonus: this many candidates more, the best by score + bonus x uncertainty over the whole catalog (an
+    exact pass, one matrix-vector product a request), so that items the index ranks low by score alone, such as new
+    ones, can be explored at all."""
     bonus_pseudo_count: float = 10.0
     """Observations of an item that halve its score variance (the noise-to-prior variance ratio)."""
     impression_weight: float = 0.1
@@ -71,14 +75,15 @@ class ExplorationConfig:
                   "adaptive_boost": self.adaptive_boost >= 0 and math.isfinite(self.adaptive_boost),
                   "adaptive_half_life": self.adaptive_half_life > 0, "propensity_samples": self.propensity_samples >= 0,
                   "bonus": 0 <= self.bonus <= MAX_BONUS, "bonus_pseudo_count": self.bonus_pseudo_count > 0,
+                  "bonus_candidates": self.bonus_candidates >= 0,
                   "impression_weight": 0 <= self.impression_weight <= 1}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"Exploration settings out of range: {', '.join(f'{b}={getattr(self, b)}' for b in bad)} "
                              f"(temperature 0 or {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}, head >= 0, "
                              "0 <= epsilon <= 1, adaptive_boost >= 0, adaptive_half_life > 0, "
-                             f"propensity_samples >= 0, 0 <= bonus <= {MAX_BONUS:g}, bonus_pseudo_count > 0, "
-                             "0 <= impression_weight <= 1).")
+                             f"propensity_samples >= 0, 0 <= bonus <= {MAX_BONUS:g}, bonus_candidates >= 0, "
+                             "bonus_pseudo_count > 0, 0 <= impression_weight <= 1).")
 
     def user_temperature(self, history_length: int, temperature: float | None = None) -> float:
         """The temperature for a user with ``history_length`` known items (``temperature`` overrides the base)."""

@@ -221,6 +221,10 @@ class Recommender:
         depth = min(max(self.config.candidates, k), len(self._item_ids))
         rows, _ = search_excluding(self.export.index, vector[None, :], depth, [excluded])
         rows = rows[0][rows[0] >= 0]
+        exploration = self.config.exploration
+        if exploration.bonus and exploration.bonus_candidates:
+            extra = self._most_promising(vector, excluded, exploration.bonus, exploration.bonus_candidates)
+            rows = np.concatenate([rows, extra[~np.isin(extra, rows)]])
         if not len(rows):
             raise ConflictError("Every item is excluded for this user; nothing is left to recommend.")
         scores = exact_scores(vector, self.export.vectors, rows)
@@ -228,6 +232,13 @@ class Recommender:
             scores = np.asarray(self.scorer(vector, rows, scores), dtype=np.float64)
         order, final = mmr(scores, self.export.vectors[rows], self.config.diversity_lambda)
         return rows[order], np.asarray(final, dtype=np.float64)
+
+    def _most_promising(self, vector: np.ndarray, excluded: np.ndarray, bonus: float, count: int) -> np.ndarray:
+        """The ``count`` rows with the best upper confidence bound, score + bonus x uncertainty, over the catalog."""
+        bound = self.export.vectors @ vector + bonus * self.uncertainty(np.arange(len(self._item_ids)))
+        bound[excluded] = -np.inf
+        count = min(count, int(np.isfinite(bound).sum()))
+        return np.argpartition(-bound, count - 1)[:count] if count else np.zeros(0, dtype=np.int64)
 
     def _explain(self, rows: np.ndarray, user: User) -> list[str]:
         """For each shown row, the history item closest to it ("Because you liked ...")."""

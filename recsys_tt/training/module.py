@@ -212,8 +212,9 @@ class TwoTowerModule(pl.LightningModule):
         scores = score_logged_slates(slates, self.encoder, data.impression_batch, data.hparams.eval_batch_size)
         clicked, shown = torch.as_tensor(slates.clicked), torch.as_tensor(slates.shown >= 0)
         self.loss.calibrate(scores.to(self.device), clicked.to(self.device), shown.to(self.device))
-        log.info("Impressions: %d slates, %d clicks; relevance bias %.2f (the starting model predicts as many clicks)",
-                 len(slates), int(clicked.sum()), self.loss.relevance_bias.item())
+        scale, bias = self.loss.relevance_link.tolist()
+        log.info("Impressions: %d slates, %d clicks; relevance link sigmoid(%.2f x score %+.2f), fitted to the "
+                 "starting model's scores", len(slates), int(clicked.sum()), scale, bias)
 
     def _columns(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The softmax's item columns (M,) and each target's column: the batch's items, or the whole catalog."""

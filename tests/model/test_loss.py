@@ -218,15 +218,20 @@ def test_the_position_based_objective_recovers_a_known_click_model_where_clicks_
     assert unlooked.mean() > 3 * error.mean()  # counting every skip as a dislike underrates every item
 
 
-def test_impression_loss_scales_scores_by_the_softmax_temperature_and_learns_a_base_rate():
-    head = InBatchSoftmax(LossConfig(temperature=0.1), num_items=4)
-    scores, clicked = torch.tensor([[0.5, 0.1]]), torch.tensor([[True, False]])
-    loss = head.impression_loss(scores, clicked, torch.ones(1, 2))
-    expected = position_based_loss(scores / 0.1, clicked, torch.ones(1, 2), dcg_examination(2))
-    assert loss.item() == pytest.approx(expected.item())
+def test_the_relevance_link_is_fitted_to_logged_slates_and_trained_with_them():
+    relevance, shown, clicked = _synthetic_log(slates=4000)
+    scores = torch.as_tensor(np.log(relevance / (1 - relevance)), dtype=torch.float32)[shown] * 0.05 + 0.3
+    head = InBatchSoftmax(LossConfig(temperature=0.1), num_items=30)  # scores a twentieth of the true logits
+    everywhere = torch.ones_like(clicked)
+    before = head.impression_loss(scores, clicked, everywhere).item()
+    head.calibrate(scores, clicked, everywhere)
+    scale, bias = head.relevance_link.tolist()
+    assert scale == pytest.approx(20, rel=0.15) and bias == pytest.approx(-6, abs=1.0)  # the true link
+    loss = head.impression_loss(scores, clicked, everywhere)
+    assert loss.item() < before
     loss.backward()
-    assert head.relevance_bias.grad is not None and head.log_temperature.grad is None
+    assert head.relevance_link.grad.abs().max() < 1e-3 and head.log_temperature.grad is None  # a fitted optimum
     with pytest.raises(ValueError, match="loss.examination has 1 positions"):
-        InBatchSoftmax(LossConfig(examination=[1.0]), num_items=4).impression_loss(scores, clicked, torch.ones(1, 2))
+        InBatchSoftmax(LossConfig(examination=[1.0]), num_items=4).impression_loss(scores, clicked, everywhere)
     with pytest.raises(ValueError, match="examination holds probabilities"):
         LossConfig(examination=[1.0, 0.0])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import pytest
 
 from recsys_tt.data.propensity_log import read_impressions
@@ -56,3 +59,17 @@ def test_directed_slates_log_each_candidates_uncertainty_which_shrinks_as_items_
     assert last[item] < first[item]  # shown twice since: less uncertain
     counts = dict(zip(server.export.items["item_id"].astype(str), server.export.items["train_count"]))
     assert first == pytest.approx({i: (1 + counts[i]) ** -0.5 for i in first})  # before any impression
+
+
+def test_a_bonus_brings_in_candidates_the_index_ranks_too_low_to_retrieve(flat_export):
+    narrow = ServingConfig(candidates=3, exploration=ExplorationConfig(temperature=0.0, head=1, bonus=10.0,
+                                                                      bonus_candidates=2, propensity_samples=0))
+    request = RecommendRequest(text="Likes westerns.", k=3)
+    plain = Recommender.load(flat_export, replace(narrow, exploration=replace(narrow.exploration, bonus=0.0)))
+    vector = plain.user_vectors.get(plain.user(request))
+    worst = int(np.argmin(plain.export.vectors @ vector))  # the index would never retrieve it among 3
+    assert plain.export.item_ids[worst] not in shown(plain.recommend(request))
+    server = Recommender.load(flat_export, narrow)
+    server.uncertainty.interactions[:] = 1000.0  # every item well known ...
+    server.uncertainty.interactions[worst] = 0.0  # ... but the worst-scored one
+    assert plain.export.item_ids[worst] in shown(server.recommend(request))[1:]  # explored below the head

@@ -16,6 +16,7 @@ from recsys_tt.model.loss import (
     click_weights,
     dcg_examination,
     effective_sample_share,
+    position_based_loss,
     sampled_softmax_loss,
 )
 from recsys_tt.model.towers import TowerConfig
@@ -222,13 +223,14 @@ def test_fine_tuning_on_impressions_starts_calibrated_and_trains_on_skips(traine
     assert metrics["train/impression_loss"].dropna().map(math.isfinite).all()
     data, head = cli.datamodule, cli.model.loss
     scores = score_logged_slates(data.log.impressions, cli.model.encoder, data.impression_batch, 8)
-    looks = dcg_examination(3)
-    predicted = (looks * torch.sigmoid(scores / head.temperature + head.relevance_bias)).sum()
-    assert predicted.item() == pytest.approx(2.0, rel=1e-3)  # lr ~0: the bias is where calibration put it
+    link = torch.tensor(head.relevance_link.tolist(), requires_grad=True)  # lr ~0: where the fit put it
+    clicked, shown = torch.as_tensor(data.log.impressions.clicked), torch.as_tensor(data.log.impressions.shown >= 0)
+    position_based_loss(scores * link[0] + link[1], clicked, shown, dcg_examination(3)).backward()
+    assert link.grad.abs().max() < 1e-3 and link.tolist() != [1.0, 0.0]  # fitted: the likelihood's optimum
     off = main(train_args(tmp_path / "off", paths, tiny_bert, 2, *common, "--model.loss.log_impressions", "0"))
     assert "train/impression_loss" not in pd.read_csv(tmp_path / "off" / "ml100k_minilm" / "version_0" /
                                                       "metrics.csv")
-    assert off.model.loss.relevance_bias.item() == 0.0
+    assert off.model.loss.relevance_link.tolist() == [1.0, 0.0]
 
 
 def test_logs_share_outside_zero_to_one_is_refused(tiny_dataset, tiny_bert, tmp_path):
