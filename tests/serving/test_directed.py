@@ -73,3 +73,19 @@ def test_a_bonus_brings_in_candidates_the_index_ranks_too_low_to_retrieve(flat_e
     server.uncertainty.interactions[:] = 1000.0  # every item well known ...
     server.uncertainty.interactions[worst] = 0.0  # ... but the worst-scored one
     assert plain.export.item_ids[worst] in shown(server.recommend(request))[1:]  # explored below the head
+
+
+def test_the_directed_serving_config_is_the_simulated_directed_policy(capsys):
+    import yaml
+
+    import serve
+    from recsys_tt.cli import run
+    from recsys_tt.offline.policies import ARRIVAL_POLICIES
+
+    with pytest.raises(SystemExit):
+        run(serve.main, ["--config", "configs/serve.yaml", "--config", "configs/serve_directed.yaml", "--export",
+                         "exports/x", "--print_config"])
+    serving = yaml.safe_load(capsys.readouterr().out)["serving"]
+    directed = next(p for p in ARRIVAL_POLICIES if p.name.startswith("directed"))
+    assert ExplorationConfig(**serving["exploration"]) == directed.exploration
+    assert serving["ignore_limit"] == 3 and serving["candidates"] == 200  # the rest stays serve.yaml's
