@@ -8,7 +8,8 @@ The export must come from a run with ``data.before`` (the cut) on a dataset with
 name the interactions and items. recsys_tt/offline/arrivals.py describes a round. Every policy of ARRIVAL_POLICIES
 (recsys_tt/offline/policies.py) runs on the same world, users and seeds; the first is the baseline. Writes under
 --out one JSON per seed and policy (as each finishes), arrivals.json (the comparison: paired bootstrap intervals
-over (seed, user) pairs), arrivals.png, and prints the table.
+over (seed, user) pairs), arrivals.png, and prints the table. A (seed, policy) that finished with the same
+settings is read back instead of run again, so an interrupted run resumes and seeds run apart combine.
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ def _world_tables(export: ExportFolder) -> tuple:
     interactions = read_ids(paths[0], ["user_id", "item_id"], ("timestamp",))
     interactions = interactions.assign(timestamp=parse_timestamps(interactions["timestamp"], paths[0]))
     return interactions, read_ids(paths[1], ["item_id"]), cut_seconds(hp["before"])
+
+
+def _finished(path: Path, settings: dict) -> dict | None:
+    """The result a finished (seed, policy) left with these settings, or None (then it runs, afresh)."""
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    return result if result.pop("settings", None) == settings else None
 
 
 def compare(results: dict[int, dict[str, dict]]) -> dict[str, dict]:
@@ -105,7 +114,7 @@ def main(export: str, seeds: list[int] | None = None, rounds: int = 10, users_pe
         prior_precision: how strongly a refresh keeps each item vector where it was.
         eval_users: users whose held-out last item measures NDCG@10 after each round.
         policies: run only these names of ARRIVAL_POLICIES (default: all).
-        out: output folder (each policy's export and log are replaced).
+        out: output folder (a policy's export and log are replaced when it runs; finished ones are kept).
     """
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("recsys_tt.offline.arrivals").setLevel(logging.INFO)  # a line per round
@@ -119,22 +128,24 @@ def main(export: str, seeds: list[int] | None = None, rounds: int = 10, users_pe
     world = ArrivalWorld.build(interactions, cut, rounds, set(base.item_ids))
     print(f"{len(world.release)} items arrive over {rounds} rounds; {len(world.wanted)} users with later items "
           f"({sum(not h for h in world.start.values())} arrive after the cut)", flush=True)
+    settings = {"export": str(Path(export).resolve()), "rounds": rounds, "users_per_round": users_per_round, "k": k,
+                "satiation": satiation, "ignore_limit": ignore_limit, "refresh_steps": refresh_steps,
+                "prior_precision": prior_precision, "eval_users": eval_users}
     root, results = Path(out), {}
     for seed in seeds or [0]:
         results[seed] = {}
         for policy in chosen:
-            began = time.perf_counter()
-            folder = root / f"seed{seed}" / slug(policy.name)
+            began, folder = time.perf_counter(), root / f"seed{seed}" / slug(policy.name)
+            done = _finished(folder / "result.json", settings)
+            if done is not None:  # a resumed run: this seed and policy ran with these settings
+                results[seed][policy.name] = done
+                continue
             results[seed][policy.name] = run_arrivals(world, items, Path(export), policy, config, folder, seed)
-            (folder / "result.json").write_text(json.dumps(results[seed][policy.name]))
+            (folder / "result.json").write_text(json.dumps({"settings": settings, **results[seed][policy.name]}))
             print(f"seed {seed}, {policy.name}: {time.perf_counter() - began:.0f}s", flush=True)
     comparison = compare(results)
     print_table(results, comparison)
-    summary = {"settings": {"export": export, "seeds": seeds or [0], "rounds": rounds,
-                            "users_per_round": users_per_round, "k": k, "satiation": satiation,
-                            "ignore_limit": ignore_limit, "refresh_steps": refresh_steps,
-                            "prior_precision": prior_precision, "eval_users": eval_users},
-               "comparison": comparison,
+    summary = {"settings": {**settings, "seeds": seeds or [0]}, "comparison": comparison,
                "rounds": {seed: {name: r["rounds"] for name, r in by_policy.items()}
                           for seed, by_policy in results.items()}}
     (root / "arrivals.json").write_text(json.dumps(summary, indent=2))

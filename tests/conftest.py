@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from transformers import BertConfig, BertModel
 
 from recsys_tt.model.backbone import load_tokenizer
-from tests.helpers import train_args, write_tiny_dataset
+from tests.helpers import CUT, train_args, write_tiny_dataset
 
 torch.set_num_threads(2)
 
@@ -66,3 +67,17 @@ def tiny_llama(tmp_path_factory) -> str:
     return str(folder)
 
 
+
+@pytest.fixture(scope="session")
+def before_export(tmp_path_factory, tiny_bert):
+    """A tiny model of the world before CUT, exported: (export folder, the tiny dataset's paths)."""
+    from recsys_tt.training.export import export_model
+    from recsys_tt.training.lightning_cli import main
+
+    root = tmp_path_factory.mktemp("arrivals")
+    paths = write_tiny_dataset(root / "data")
+    before = pd.Timestamp(CUT, unit="s").isoformat()
+    cli = main(train_args(root, paths, tiny_bert, 3, "--data.before", before, "--data.min_history", "0",
+                          "--model.eval_ks", "[3,5]",
+                          "--best_checkpoint.monitor", "val/ndcg@5"))
+    return export_model(cli.trainer.ckpt_path, root / "export", report_users=4), paths

@@ -52,6 +52,9 @@ def write_tiny_dataset(folder: Path, fmt: str = "csv") -> dict[str, str]:
     return paths
 
 
+CUT = 1000 + 3 * 86400  # in the tiny data every user has had three items (u, u+1, u+2) by then; i10, i11 come later
+
+
 TINY_TEMPLATES = {"item": "{title}. Genres: {genres}.", "profile": "A {age} year old {occupation}."}
 
 

@@ -14,12 +14,7 @@ from recsys_tt.offline.arrivals import ArrivalConfig, ArrivalWorld, paired_gain,
 from recsys_tt.offline.item_refresh import RefreshConfig
 from recsys_tt.offline.policies import ArrivalPolicy
 from recsys_tt.serving.explore import ExplorationConfig
-from recsys_tt.training.export import export_model
-from recsys_tt.training.lightning_cli import main
-from tests.helpers import train_args, write_tiny_dataset
-
-DAY = 86400
-CUT = 1000 + 3 * DAY  # every user has had three items (u, u+1, u+2); items i10 and i11 appear later
+from tests.helpers import CUT
 
 
 def test_a_world_releases_items_in_the_round_of_their_first_review_and_holds_out_each_users_last():
@@ -40,17 +35,6 @@ def test_paired_gain_is_zero_for_equal_policies_and_counts_a_missing_user_as_zer
     assert (same["gain"], same["low"], same["high"]) == (0.0, 0.0, 0.0)
     more = paired_gain([({"a": 2, "b": 2, "c": 2}, {"a": 1, "b": 1})], resamples=200)
     assert more["gain"] == pytest.approx(2.0) and more["low"] <= 2.0 <= more["high"]
-
-
-@pytest.fixture(scope="module")
-def before_export(tmp_path_factory, tiny_bert):
-    root = tmp_path_factory.mktemp("arrivals")
-    paths = write_tiny_dataset(root / "data")
-    before = pd.Timestamp(CUT, unit="s").isoformat()
-    cli = main(train_args(root, paths, tiny_bert, 3, "--data.before", before, "--data.min_history", "0",
-                          "--model.eval_ks", "[3,5]",
-                          "--best_checkpoint.monitor", "val/ndcg@5"))
-    return export_model(cli.trainer.ckpt_path, root / "export", report_users=4), paths
 
 
 @pytest.mark.parametrize("text_prior", [True, False])

@@ -1,0 +1,36 @@
+"""scripts/simulate_arrivals.py on the tiny world: one comparison table, JSON and plot; finished runs are reused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recsys_tt.offline.policies import ARRIVAL_POLICIES
+from tests.helpers import load_script
+
+POLICIES = [ARRIVAL_POLICIES[0].name, ARRIVAL_POLICIES[2].name]  # greedy and directed
+
+
+def test_a_comparison_writes_its_table_json_and_plot_and_resumes(before_export, tmp_path, capsys):
+    export, _ = before_export
+    simulate = load_script("simulate_arrivals")
+    args = dict(export=str(export), seeds=[0, 1], rounds=2, users_per_round=8, k=3, refresh_steps=3, eval_users=8,
+                policies=POLICIES, out=str(tmp_path))
+    simulate.main(**args)
+    summary = json.loads((tmp_path / "arrivals.json").read_text())
+    gain = summary["comparison"][POLICIES[1]]["clicks"]
+    assert summary["comparison"][POLICIES[1]]["seeds"] == [0, 1] and gain["low"] <= gain["gain"] <= gain["high"]
+    assert (tmp_path / "arrivals.png").stat().st_size > 1000
+    assert POLICIES[1] in capsys.readouterr().out
+    result = tmp_path / "seed1" / "greedy_retraining" / "result.json"
+    written = result.stat().st_mtime_ns
+    simulate.main(**args)  # the same settings: read back, not run again
+    assert result.stat().st_mtime_ns == written
+    simulate.main(**{**args, "seeds": [1], "satiation": 0.9})  # other settings: run again
+    assert result.stat().st_mtime_ns != written
+
+
+def test_an_export_without_a_cut_is_refused(flat_export, tmp_path):
+    with pytest.raises(ValueError, match="trained without data.before"):
+        load_script("simulate_arrivals").main(export=str(flat_export), out=str(tmp_path))
