@@ -5,12 +5,37 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+_GROUPLENS = ("GroupLens's MovieLens licence: research use, no redistribution without permission, cite Harper and "
+              "Konstan (2015)")
+DATASETS = {
+    "ml-100k": ("MovieLens 100K", _GROUPLENS),
+    "ml-1m": ("MovieLens 1M", _GROUPLENS),
+    "amazon-beauty": ("Amazon Beauty (2014, 5-core; McAuley et al.)", "research use only, not to be redistributed"),
+    "amazon-games": ("Amazon Video Games (2018, 5-core; Ni, Li and McAuley 2019)",
+                     "research use only, not to be redistributed"),
+}
+"""Named data sets: what they are and the terms their authors give them."""
+BACKBONE_LICENCES = {"sentence-transformers/all-MiniLM-L6-v2": "Apache-2.0"}
+
 
 def _data_line(data: dict) -> str:
     if data.get("dataset") == "files":
         files = (f"{name} `{data.get(name)}`" for name in ("interactions", "items", "users") if data.get(name))
-        return "the files " + ", ".join(files)
-    return f"MovieLens `{data.get('dataset')}` ({data.get('catalog', 'rated')} items)"
+        line = "the files " + ", ".join(files)
+    else:
+        name = DATASETS.get(data.get("dataset"), (f"`{data.get('dataset')}`", ""))[0]
+        line = f"{name} ({data.get('catalog', 'rated')} items)"
+    return line + (f", the interactions before {data['before']}" if data.get("before") else "")
+
+
+def _terms(tower: dict, data: dict) -> str:
+    licence = BACKBONE_LICENCES.get(tower["backbone"], "see its own model card")
+    terms = DATASETS.get(data.get("dataset"), (None, "those of whoever owns the files it was trained on"))[1]
+    return f"""The towers adapt **{tower["backbone"]}** (licence: {licence}); the adapters and weights here are derived
+from it. The training data's terms: {terms}. Those terms bind what was trained on the data as far as they reach:
+read them before sharing this folder. Intended use: recommendation and retrieval within the data's terms, and
+research. The model reproduces the patterns of the interactions it learnt from (what was popular, who is
+represented), has not been evaluated for fairness, and is not meant for decisions about people."""
 
 
 def _metrics_table(metrics: dict[str, float] | None) -> str:
@@ -52,6 +77,10 @@ validation); metrics rank the whole catalog with each user's history excluded, o
 FAISS `{meta["factory"]}` (`{meta["search_params"] or "default search parameters"}`), built in
 {meta["build_seconds"]} s; recall@10 against exact search {recall["value"]:.4f} on {recall["users"]} users. Encoded
 in {meta["precision"]}. Every file but this card and meta.json is checked against the sha256 in meta.json on load.
+
+## Licence and intended use
+
+{_terms(tower, data)}
 
 ## Loading
 

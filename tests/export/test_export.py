@@ -326,6 +326,7 @@ def test_an_export_holds_no_pickle_and_a_model_card(flat_export, trained):
     assert meta["test_metrics"]["ndcg@5"] == pytest.approx(float(trained[1]["test/ndcg@5"]))
     assert f"| ndcg@5 | {meta['test_metrics']['ndcg@5']:.4f} |" in card and meta["model_version"] in card
     assert "PeftModel.from_pretrained" in card and '"history_len": 20' in card
+    assert "## Licence and intended use" in card and "whoever owns the files" in card  # dataset: files
     adapters_readme = (flat_export / "adapters" / "README.md").read_text()
     assert adapters_readme.startswith("# LoRA adapters of a recsys_tt two-tower model") and "`item/`" in adapters_readme
 
@@ -339,3 +340,15 @@ def test_a_format_2_export_is_refused_with_what_to_do(flat_export, tmp_path):
     (old / "meta.json").write_text(json.dumps(meta | {"format_version": 2}))
     with pytest.raises(ValueError, match=r"format 2 \(its weights are a pickle, weights.pt\).*Re-export"):
         ExportFolder.load(old)
+
+
+def test_the_model_card_names_a_named_data_sets_terms_and_the_backbones_licence():
+    from recsys_tt.export.model_card import _data_line, _terms
+
+    tower, data = {"backbone": "sentence-transformers/all-MiniLM-L6-v2"}, {"dataset": "amazon-games",
+                                                                           "before": "2016-05-14"}
+    assert _data_line(data) == ("Amazon Video Games (2018, 5-core; Ni, Li and McAuley 2019) (rated items), the "
+                                "interactions before 2016-05-14")
+    terms = _terms(tower, data)
+    assert "licence: Apache-2.0" in terms and "research use only" in terms
+    assert "GroupLens" in _terms(tower, {"dataset": "ml-1m"})
