@@ -227,8 +227,10 @@ class InBatchSoftmax(nn.Module):
         log_t = torch.tensor([math.log(config.temperature)])  # (1,): FSDP shards no 0-dim parameter
         self.log_temperature = nn.Parameter(log_t, requires_grad=config.learn_temperature)
         self.register_buffer("item_probs", torch.full((num_items,), 1.0 / num_items), persistent=False)
-        # sigmoid(scale * score + bias) is the probability that a user likes an item they looked at
-        self.relevance_link = nn.Parameter(torch.tensor([1.0, 0.0]))
+        # sigmoid(scale * score + bias) is the probability that a user likes an item they looked at: fitted to the
+        # starting model's scores when a fine-tuning on impressions starts and held for the run (a parameter would go
+        # unused in every other run, which DDP refuses)
+        self.register_buffer("relevance_link", torch.tensor([1.0, 0.0]))
         self.memory: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (vectors, ids, logq), newest first
 
     def set_item_counts(self, counts: torch.Tensor) -> None:
