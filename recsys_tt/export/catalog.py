@@ -14,7 +14,6 @@ import torch
 from recsys_tt.data.tables import DataError, read_ids
 from recsys_tt.data.text import render_table
 from recsys_tt.export.folder import ExportFolder, hashed_files, model_version, require_finite
-from recsys_tt.export.index import build_index
 from recsys_tt.export.model_card import model_card
 from recsys_tt.files import folder_digests, replacing
 from recsys_tt.model.towers import TwoTower
@@ -43,23 +42,23 @@ def add_items(export_dir: str | Path, items_file: str | Path) -> dict:
     require_finite(text, items_file, "these items' texts encode to non-finite vectors; nothing was added")
     items = pd.concat([export.items, pd.DataFrame({"item_id": new["item_id"], "text": texts, "history_name": names,
                                                    "train_count": 0})], ignore_index=True)
+    export.index.add(np.ascontiguousarray(text, dtype=np.float32))  # appended: the index needs no rebuild
     # new items have no trained id vector: their vector is their text
     write_catalog(export, items, np.concatenate([export.text_vectors, text]),
-                  np.concatenate([export.vectors, text]), added=len(new))
+                  np.concatenate([export.vectors, text]), export.index, added=len(new))
     return {"export": str(export.folder), "added": len(new), "num_items": len(items)}
 
 
-def write_catalog(export: ExportFolder, items: pd.DataFrame, text: np.ndarray, vectors: np.ndarray, added: int = 0,
-                  towers: tuple[TwoTower, dict[str, torch.Tensor]] | None = None, note: dict | None = None) -> None:
-    """Replaces the export folder (atomically) with this catalog: its items table, text vectors and vectors, a new
-    index over them of the export's kind, and ``towers`` (the model and its loss's tensors) when they changed.
-    ``note`` joins meta.json (what changed the folder)."""
+def write_catalog(export: ExportFolder, items: pd.DataFrame, text: np.ndarray, vectors: np.ndarray, index,
+                  added: int = 0, towers: tuple[TwoTower, dict[str, torch.Tensor]] | None = None,
+                  note: dict | None = None) -> None:
+    """Replaces the export folder (atomically) with this catalog: its items table, text vectors, vectors and the
+    index over them, and ``towers`` (the model and its loss's tensors) when they changed. ``note`` joins meta.json
+    (what changed the folder)."""
     import faiss
 
     folder = export.folder
     require_finite(vectors, folder / "vectors.npy", "nothing was written")
-    index, _ = build_index(np.ascontiguousarray(vectors, dtype=np.float32), export.meta["factory"],
-                           export.meta["search_params"])
     meta = dict(export.meta, num_items=len(items), added_items=export.meta.get("added_items", 0) + added,
                 **(note or {}))
     with replacing(folder) as staging:

@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 
 from recsys_tt.export.catalog import write_catalog
 from recsys_tt.export.folder import ExportFolder
+from recsys_tt.export.index import build_index
 from recsys_tt.model.loss import InBatchSoftmax, LossConfig, sampled_softmax_loss
 from recsys_tt.model.weights import TOWERS
 from recsys_tt.training.logged_clicks import LoggedImpressions, read_log
@@ -76,7 +77,8 @@ def refresh_item_vectors(export_dir: str | Path, log_dir: str | Path, config: Re
     clicks = np.bincount(shown[clicked].numpy(), minlength=len(export.items))
     summary = {"slates": len(slates), "clicks": int(clicked.sum()), "items_observed": int(model.seen_items.sum()),
                "loss_first": first_loss, "loss_last": last_loss, "seconds": round(time.perf_counter() - began, 1)}
-    write_catalog(export, export.items.assign(logged_clicks=clicks), export.text_vectors, vectors.numpy(),
+    index, _ = build_index(vectors.numpy(), export.meta["factory"], export.meta["search_params"])  # every row moved
+    write_catalog(export, export.items.assign(logged_clicks=clicks), export.text_vectors, vectors.numpy(), index,
                   towers=(model, extra), note={"refresh": {**summary, "log": str(log_dir), **asdict(config)}})
     log.info("Refreshed %s from %d slates (%d clicks) in %.0fs: loss %.4f -> %.4f", export.folder, len(slates),
              summary["clicks"], summary["seconds"], first_loss, last_loss)
