@@ -23,6 +23,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from recsys_tt.model.metrics import discount
+
 
 def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, positive: torch.Tensor, temperature: torch.Tensor,
                          logq: torch.Tensor | None = None, item_ids: torch.Tensor | None = None,
@@ -82,7 +84,7 @@ def click_weights(target: torch.Tensor, target_above: torch.Tensor, logging: tor
 
 def dcg_examination(k: int) -> torch.Tensor:
     """(k,) probability that a user looks at each position under the position-based click model of DCG."""
-    return 1.0 / torch.log2(torch.arange(k, dtype=torch.float64) + 2.0)
+    return discount(torch.arange(k, dtype=torch.float64))
 
 
 def position_based_loss(logits: torch.Tensor, clicked: torch.Tensor, shown: torch.Tensor,
@@ -256,7 +258,7 @@ class InBatchSoftmax(nn.Module):
         key = prefix + "log_temperature"
         if key in state_dict and state_dict[key].dim() == 0:  # checkpoints from before it was (1,)
             state_dict[key] = state_dict[key].reshape(1)
-        if key in state_dict:  # checkpoints from before impressions were trained on start with bias 0
+        if key in state_dict:  # checkpoints from before impressions were trained on hold the unfitted link
             state_dict.setdefault(prefix + "relevance_link", torch.tensor([1.0, 0.0]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

@@ -12,6 +12,12 @@ def catalog_scores(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return users.float() @ items.float().T
 
 
+def slate_scores(users: torch.Tensor, items: torch.Tensor, shown: torch.Tensor) -> torch.Tensor:
+    """users (S, D), item vectors (N, D), shown (S, K) rows padded with -1 -> (S, K) each shown item's score for
+    its slate's user (0 at padding)."""
+    return torch.einsum("sd,skd->sk", users, items[shown.clamp(min=0)]) * (shown >= 0)
+
+
 def exclude_seen(scores: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
     """scores (B, N); seen (B, S) item indices padded with -1 -> scores with seen items at -inf."""
     rows = torch.arange(scores.shape[0], device=scores.device).unsqueeze(1).expand_as(seen)

@@ -28,6 +28,7 @@ from recsys_tt.export.catalog import write_catalog
 from recsys_tt.export.folder import ExportFolder
 from recsys_tt.export.index import build_index
 from recsys_tt.model.loss import InBatchSoftmax, LossConfig, sampled_softmax_loss
+from recsys_tt.model.metrics import slate_scores
 from recsys_tt.model.weights import TOWERS
 from recsys_tt.training.logged_clicks import LoggedImpressions, read_log
 
@@ -109,13 +110,13 @@ def _train(model, head: InBatchSoftmax, text: torch.Tensor, users: torch.Tensor,
     targets, valid, catalog = shown[rows, positions], shown >= 0, torch.arange(len(text))
     if config.log_impressions:
         with torch.no_grad():
-            head.calibrate(_slate_scores(model.add_item_ids(text, catalog), users, shown), clicked, valid)
+            head.calibrate(slate_scores(users, model.add_item_ids(text, catalog), shown), clicked, valid)
 
     def objective() -> torch.Tensor:
         vectors = model.add_item_ids(text, catalog)
         loss = sampled_softmax_loss(users[rows], vectors, targets, head.temperature) * len(rows)
         if config.log_impressions:
-            scores = _slate_scores(vectors, users, shown)
+            scores = slate_scores(users, vectors, shown)
             loss = loss + config.log_impressions * head.impression_loss(scores, clicked, valid) * valid.sum()
         return (loss + config.prior_precision / 2 * (ids - prior).square().sum()) / len(shown)
 
@@ -132,8 +133,3 @@ def _train(model, head: InBatchSoftmax, text: torch.Tensor, users: torch.Tensor,
     optimizer.step(closure)
     ids.requires_grad_(False)
     return losses[0], losses[-1]
-
-
-def _slate_scores(vectors: torch.Tensor, users: torch.Tensor, shown: torch.Tensor) -> torch.Tensor:
-    """(S, K) each shown item's score for its slate's user."""
-    return torch.einsum("sd,skd->sk", users, vectors[shown.clamp(min=0)])

@@ -25,7 +25,7 @@ from recsys_tt.data.examples import pad_rows
 from recsys_tt.data.propensity_log import latest_feedback, read_impressions
 from recsys_tt.model.encoder import Encoder
 from recsys_tt.model.loss import LossConfig, click_weights
-from recsys_tt.model.metrics import catalog_scores, exclude_seen
+from recsys_tt.model.metrics import catalog_scores, exclude_seen, slate_scores
 
 _SHOWN = 5  # problems quoted in the error
 
@@ -169,6 +169,4 @@ def score_logged_slates(slates: LoggedImpressions, encoder: Encoder, impression_
     chunks = [np.arange(start, min(start + batch_size, len(slates))) for start in range(0, len(slates), batch_size)]
     users = torch.from_numpy(encoder.users((impression_batch(rows[:, None]) for rows in chunks),
                                            text.float().cpu().numpy()))
-    shown = torch.as_tensor(slates.shown)
-    items = catalog.float().cpu()[shown.clamp(min=0)]  # (S, K, D)
-    return torch.einsum("sd,skd->sk", users, items) * (shown >= 0)
+    return slate_scores(users, catalog.float().cpu(), torch.as_tensor(slates.shown))

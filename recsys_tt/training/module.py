@@ -191,7 +191,7 @@ class TwoTowerModule(pl.LightningModule):
         clicks = self.trainer.datamodule.logged_clicks
         if clicks is None:
             return
-        if self.trainer.datamodule.train_impressions and self.global_step == 0:  # a resumed run keeps its bias
+        if self.trainer.datamodule.train_impressions and self.global_step == 0:  # a resumed run keeps its fitted link
             self._calibrate_relevance()
         if self.click_weight is not None:  # a resumed run keeps the weights it started with
             if len(self.click_weight) != len(clicks):
