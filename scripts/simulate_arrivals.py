@@ -66,14 +66,19 @@ def compare(results: dict[int, dict[str, dict]]) -> dict[str, dict]:
         if not seeds:
             continue
         pairs = [(results[s][name], results[s][baseline]) for s in seeds]
-        ndcg = [({u: p["ndcg@10"][u] for u in set(p["ndcg@10"]) & set(b["ndcg@10"])},
-                 {u: b["ndcg@10"][u] for u in set(p["ndcg@10"]) & set(b["ndcg@10"])}) for p, b in pairs]
+        ndcg = [_both(p["ndcg@10"], b["ndcg@10"]) for p, b in pairs]
         out[name] = {"seeds": seeds,
                      "clicks": paired_gain([(p["clicks"], b["clicks"]) for p, b in pairs]),
                      "released_clicks": paired_gain([(p["released_clicks"], b["released_clicks"]) for p, b in pairs]),
                      "ndcg@10": paired_gain(ndcg),
                      "coverage": [p["coverage"] / b["coverage"] - 1 for p, b in pairs]}
     return out
+
+
+def _both(first: dict[str, float], second: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """The two mappings restricted to the users both hold (NDCG pairs users measured under both policies)."""
+    common = first.keys() & second.keys()
+    return {u: first[u] for u in common}, {u: second[u] for u in common}
 
 
 def print_table(results: dict[int, dict[str, dict]], comparison: dict[str, dict]) -> None:

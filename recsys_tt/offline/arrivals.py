@@ -112,8 +112,8 @@ def run_arrivals(world: ArrivalWorld, items: pd.DataFrame, base_export: Path, po
         shutil.rmtree(out)
     out.mkdir(parents=True)
     shutil.copytree(base_export, folder)
-    catalog_items = set(ExportFolder.load(folder).item_ids)
-    novelty, new_item_novelty = _novelty(ExportFolder.load(folder))
+    start = ExportFolder.load(folder)
+    catalog_items, (novelty, new_item_novelty) = set(start.item_ids), _novelty(start)
     users = _Users({u: list(h) for u, h in world.start.items()}, {u: set(w) for u, w in world.wanted.items()})
     serving = ServingConfig(exploration=policy.exploration, ignore_limit=config.ignore_limit)
     eval_users = _sample(sorted(world.held_out), config.eval_users, seed, -1)
@@ -126,8 +126,8 @@ def run_arrivals(world: ArrivalWorld, items: pd.DataFrame, base_export: Path, po
             catalog_items |= set(new)
         recommender = Recommender.load(folder, serving, log_dir=log_dir)
         served = _sample(world.active[r], config.users_per_round, seed, r)
-        round_clicks, round_new, shown = _serve(recommender, users, served, catalog_items, world, config,
-                                                seed * 1_000_003 + r)
+        round_clicks, shown = _serve(recommender, users, served, catalog_items, world, config, seed * 1_000_003 + r)
+        round_new = sum(fresh for _, fresh in round_clicks.values())
         recommender.log.close()
         for user, (total, fresh) in round_clicks.items():
             clicks[user] = clicks.get(user, 0) + total
@@ -175,9 +175,8 @@ def _release(folder: Path, items: pd.DataFrame, new: list[str], policy: ArrivalP
 
 
 def _serve(recommender: Recommender, users: _Users, served: list[str], catalog: set[str], world: ArrivalWorld,
-           config: ArrivalConfig, seed: int) -> tuple[dict[str, tuple[int, int]], int, set[str]]:
-    """One slate for each served user; returns (user -> (clicks, clicks on released items)), released-item clicks
-    and the items shown."""
+           config: ArrivalConfig, seed: int) -> tuple[dict[str, tuple[int, int]], set[str]]:
+    """One slate for each served user; returns user -> (clicks, clicks on released items), and the items shown."""
     rng, looks = np.random.default_rng(seed), examination(config.k)
     requests, who = [], []
     for user in served:
@@ -193,7 +192,7 @@ def _serve(recommender: Recommender, users: _Users, served: list[str], catalog: 
                                          seed=int(rng.integers(2**31))))
         who.append(user)
     recommender.warm_cache(requests)
-    out, fresh_total, shown = {}, 0, set()
+    out, shown = {}, set()
     for user, request in tqdm(list(zip(who, requests)), desc="serving", unit="user", mininterval=2.0, leave=False):
         response = recommender.recommend(request)
         total = fresh = 0
@@ -210,8 +209,7 @@ def _serve(recommender: Recommender, users: _Users, served: list[str], catalog: 
             else:
                 users.ignored[key] = users.ignored.get(key, 0) + 1
         out[user] = (total, fresh)
-        fresh_total += fresh
-    return out, fresh_total, shown
+    return out, shown
 
 
 def _refresh(folder: Path, log_dir: Path, policy: ArrivalPolicy, config: ArrivalConfig) -> bool:

@@ -83,9 +83,8 @@ class Recommender:
         slates = recent_slates(folder, self.config.feedback_window)
         for request_id, slate, key in slates:
             self._served.put(request_id, (frozenset(slate), key))
-            shown = np.asarray([rows[i] for i in slate if i in rows], dtype=np.int64)
-            self.uncertainty.observe(shown)
-            self.ignored.shown(key, shown)
+            self.ignored.shown(key, np.asarray([rows[i] for i in slate if i in rows], dtype=np.int64))
+        self.uncertainty.observe(rows[i] for _, slate, _ in slates for i in slate if i in rows)  # one update
         if self.config.ignore_limit and slates:
             keys = {request_id: key for request_id, _, key in slates}
             clicks = latest_feedback(folder)

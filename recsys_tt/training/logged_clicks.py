@@ -86,11 +86,15 @@ def read_log(folder: str | Path, item_rows: dict[str, int]) -> Log:
     problems += [f"{where}: request_id {request!r} has no impression in {folder}"
                  for where, request in clicks.loc[unknown, ["source", "request_id"]].itertuples(index=False)]
     impressions = impressions[~old].set_index("request_id")
-    for where, slate, history in impressions[["source", "slate", "history_ids"]].itertuples(index=False):
+    outside = set()  # requests whose slate or user names an item the catalog lacks
+    for request, where, slate, history in zip(impressions.index, impressions["source"], impressions["slate"],
+                                              impressions["history_ids"]):
         missing = [i for i in [*history, *slate] if i not in item_rows]
         if missing:
             problems.append(f"{where}: item {missing[0]!r} is not in the training catalog")
-    clicks = clicks[clicks["request_id"].isin(impressions.index)]  # clicks on old lines: reported with their line
+            outside.add(request)
+    # clicks on old lines or on slates outside the catalog: reported with their impression line
+    clicks = clicks[clicks["request_id"].isin(impressions.index) & ~clicks["request_id"].isin(outside)]
     served = impressions.loc[clicks["request_id"]]
     examples = [_example(click, shown, item_rows, problems) for click, shown in
                 zip(clicks.itertuples(index=False), served.itertuples(index=False))]
@@ -124,8 +128,6 @@ def _refuse(problems: list[str], folder: str | Path) -> None:
 def _example(click, shown, item_rows: dict[str, int], problems: list[str]) -> tuple | None:
     """(profile, history rows, clicked row, pick probability, rows above, slate size), or None with the problem
     noted."""
-    if any(i not in item_rows for i in [*shown.history_ids, *shown.slate]):
-        return None  # reported with its impression line
     if click.item_id not in shown.slate:
         problems.append(f"{click.source}: item {click.item_id!r} was not in the slate of request {click.request_id!r}")
         return None
