@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import threading
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 import pandas as pd
@@ -152,16 +152,22 @@ class PropensityLog:
 
     def log_slate(self, impression: Impression) -> None:
         with self._lock:
-            self._impressions.write(asdict(impression))
+            self._impressions.write(_fields(impression))
 
     def log_feedback(self, feedback: Feedback) -> None:
         with self._lock:
-            self._feedback.write(asdict(feedback))
+            self._feedback.write(_fields(feedback))
 
     def close(self) -> None:
         with self._lock:
             self._impressions.close()
             self._feedback.close()
+
+
+def _fields(record) -> dict:
+    """A record's fields by name. Shallow: ``dataclasses.asdict`` deep-copies every list, which cost a server about
+    8 ms a slate of 250 candidates."""
+    return {f.name: getattr(record, f.name) for f in fields(record)}
 
 
 def _read(folder: Path, prefix: str, kind: type) -> pd.DataFrame:
@@ -188,7 +194,7 @@ def _read_file(path: Path, kind: type) -> list[dict]:
                     continue
                 raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg}).") from err
             where = f"{path}, line {number}"
-            rows.append({**asdict(kind.from_json(values, where)), "source": where})
+            rows.append({**_fields(kind.from_json(values, where)), "source": where})
     return rows
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from safetensors.torch import load_file
 
 from recsys_tt.data.tables import DataError, read_ids
 from recsys_tt.data.text import render_table
@@ -17,7 +18,7 @@ from recsys_tt.export.folder import ExportFolder, hashed_files, model_version, r
 from recsys_tt.export.model_card import model_card
 from recsys_tt.files import folder_digests, replacing
 from recsys_tt.model.towers import TwoTower
-from recsys_tt.model.weights import save_towers
+from recsys_tt.model.weights import TOWERS, save_towers
 
 
 def _new_items(path: str | Path, existing: dict[str, int]) -> pd.DataFrame:
@@ -32,8 +33,9 @@ def _new_items(path: str | Path, existing: dict[str, int]) -> pd.DataFrame:
 
 
 def add_items(export_dir: str | Path, items_file: str | Path) -> dict:
-    """Encodes new items with the export's item tower (text only: they have no trained id vector) and appends
-    them to the index, vectors and tables, replacing the folder atomically."""
+    """Encodes new items with the export's item tower and appends them to the index, vectors and tables, replacing
+    the folder atomically. Having no trained id vector, each new item gets the one its text predicts
+    (``TwoTower.predict_item_ids``) where the model has id vectors; else its vector is its text vector."""
     export = ExportFolder.load(export_dir)
     new = _new_items(items_file, export.item_rows)
     texts = render_table(export.templates.item, new, "item")
@@ -42,11 +44,24 @@ def add_items(export_dir: str | Path, items_file: str | Path) -> dict:
     require_finite(text, items_file, "these items' texts encode to non-finite vectors; nothing was added")
     items = pd.concat([export.items, pd.DataFrame({"item_id": new["item_id"], "text": texts, "history_name": names,
                                                    "train_count": 0})], ignore_index=True)
-    export.index.add(np.ascontiguousarray(text, dtype=np.float32))  # appended: the index needs no rebuild
-    # new items have no trained id vector: their vector is their text
-    write_catalog(export, items, np.concatenate([export.text_vectors, text]),
-                  np.concatenate([export.vectors, text]), export.index, added=len(new))
+    all_text = np.concatenate([export.text_vectors, text])
+    model, towers = export.encoder.model.float(), None
+    vectors = text
+    if model.config.item_id_embeddings:
+        model.fill_item_ids(torch.from_numpy(all_text))
+        with torch.no_grad():
+            vectors = model.add_item_ids(torch.from_numpy(text), torch.arange(len(export.items), len(items))).numpy()
+        towers = model, loss_tensors(export)
+    require_finite(vectors, items_file, "these items' predicted vectors are not finite; nothing was added")
+    export.index.add(np.ascontiguousarray(vectors, dtype=np.float32))  # appended: the index needs no rebuild
+    write_catalog(export, items, all_text, np.concatenate([export.vectors, vectors]), export.index,
+                  added=len(new), towers=towers)
     return {"export": str(export.folder), "added": len(new), "num_items": len(items)}
+
+
+def loss_tensors(export: ExportFolder) -> dict[str, torch.Tensor]:
+    """The loss's tensors stored beside the towers (its temperature, relevance link), which a rewrite keeps."""
+    return {k: v for k, v in load_file(str(export.folder / TOWERS)).items() if k.startswith("loss.")}
 
 
 def write_catalog(export: ExportFolder, items: pd.DataFrame, text: np.ndarray, vectors: np.ndarray, index,

@@ -84,10 +84,11 @@ class Encoder:
         return torch.cat(chunks) if chunks else torch.zeros(0, self.model.dim, device=self.device)
 
     def catalog_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(text vectors, item vectors) of the whole catalog, (N, D) each, on the model's device."""
+        """(text vectors, item vectors) of the whole catalog, (N, D) each, on the model's device; items without a trained
+        id vector get the one their text predicts (``TwoTower.catalog_item_vectors``)."""
         text = self.item_text()
         with torch.no_grad():
-            return text, self.model.add_item_ids(text, torch.arange(len(text), device=text.device))
+            return text, self.model.catalog_item_vectors(text)
 
     def catalog(self) -> tuple[np.ndarray, np.ndarray]:
         """``catalog_tensors`` as float32 arrays."""

@@ -22,14 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
-from recsys_tt.export.catalog import write_catalog
+from recsys_tt.export.catalog import loss_tensors, write_catalog
 from recsys_tt.export.folder import ExportFolder
 from recsys_tt.export.index import build_index
 from recsys_tt.model.loss import InBatchSoftmax, LossConfig, sampled_softmax_loss
 from recsys_tt.model.metrics import slate_scores
-from recsys_tt.model.weights import TOWERS
 from recsys_tt.training.logged_clicks import LoggedImpressions, read_log
 
 log = logging.getLogger(__name__)
@@ -64,11 +62,12 @@ def refresh_item_vectors(export_dir: str | Path, log_dir: str | Path, config: Re
     slates = _recent(read_log(log_dir, export.item_rows).impressions, config.max_slates)
     users = torch.from_numpy(export.new_user_vectors(slates.profiles, slates.histories))
     model = export.encoder.model.float()
-    model.grow_items(len(export.items))
+    model.fill_item_ids(torch.from_numpy(export.text_vectors))  # the prior means of items without id vectors
     shown, clicked = torch.as_tensor(slates.shown), torch.as_tensor(slates.clicked)
     valid = shown >= 0
-    model.seen_items[shown[valid].unique()] = True  # observed: its id vector now trains
-    extra = {k: v for k, v in load_file(str(export.folder / TOWERS)).items() if k.startswith("loss.")}
+    observed = shown[valid].unique()
+    model.seen_items[observed] = True  # its id vector now applies (and trains)
+    extra = loss_tensors(export)
     head = InBatchSoftmax(LossConfig(temperature=_temperature(extra), learn_temperature=False,
                                      log_impressions=config.log_impressions, examination=config.examination),
                           len(export.items))
@@ -76,7 +75,7 @@ def refresh_item_vectors(export_dir: str | Path, log_dir: str | Path, config: Re
     with torch.no_grad():
         vectors = model.add_item_ids(torch.from_numpy(export.text_vectors), torch.arange(len(export.items)))
     clicks = np.bincount(shown[clicked].numpy(), minlength=len(export.items))
-    summary = {"slates": len(slates), "clicks": int(clicked.sum()), "items_observed": int(model.seen_items.sum()),
+    summary = {"slates": len(slates), "clicks": int(clicked.sum()), "items_observed": len(observed),
                "loss_first": first_loss, "loss_last": last_loss, "seconds": round(time.perf_counter() - began, 1)}
     index, _ = build_index(vectors.numpy(), export.meta["factory"], export.meta["search_params"])  # every row moved
     write_catalog(export, export.items.assign(logged_clicks=clicks), export.text_vectors, vectors.numpy(), index,
@@ -127,7 +126,7 @@ def _train(model, head: InBatchSoftmax, text: torch.Tensor, users: torch.Tensor,
         optimizer.zero_grad()
         loss = objective()
         loss.backward()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         return loss
 
     optimizer.step(closure)

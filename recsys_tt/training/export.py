@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import torch
 import pandas as pd
 
 from recsys_tt.export.folder import (
@@ -67,6 +68,7 @@ def export_model(checkpoint: str | Path, out: str | Path, factory: str = "Flat",
     module.to(pick_device(device))
     encoder = module.encoder
     text, vectors = encoder.catalog()
+    module.model.fill_item_ids(torch.from_numpy(text).to(module.device))  # the towers then give these vectors too
     require_finite(vectors, checkpoint, "the checkpoint encodes items to non-finite vectors (diverged training?): "
                    "export an earlier checkpoint")
     index, seconds = build_index(vectors, factory, search_params)

@@ -307,3 +307,27 @@ def test_item_id_max_norm_caps_long_id_vectors_and_keeps_short_ones(tiny_bert):
     assert torch.allclose(vectors[:, :2], expected, atol=1e-6)
     with pytest.raises(ValueError, match="item_id_max_norm must be positive"):
         TowerConfig(item_id_max_norm=0.0)
+
+
+def test_items_without_id_vectors_get_the_ones_their_text_predicts(tiny_bert):
+    import torch.nn.functional as F
+
+    tower = TwoTower.from_config(TowerConfig(backbone=tiny_bert, item_id_embeddings=True), num_items=400)
+    dim = tower.dim
+    text = F.normalize(torch.randn(403, dim, generator=torch.Generator().manual_seed(1)), dim=-1)
+    mapping = torch.randn(dim, dim, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        tower.item_ids.weight.copy_(text[:400] @ mapping)  # id vectors that are a linear function of the text
+        tower.seen_items[[5, 6]] = False  # never trained: their rows hold nothing the text predicts
+        tower.item_ids.weight[[5, 6]] = 0
+    missing = torch.tensor([5, 6, 400, 401, 402])  # unseen, and three added since training
+    predicted = tower.predicted_item_ids(text, missing)
+    assert torch.allclose(predicted, text[missing] @ mapping, rtol=0.05, atol=0.05)
+    vectors = tower.catalog_item_vectors(text)
+    assert torch.allclose(vectors[missing], F.normalize(text[missing] + predicted, dim=-1), atol=1e-5)
+    assert torch.allclose(vectors[:5], tower.add_item_ids(text[:5], torch.arange(5)))  # trained ones as they are
+    tower.fill_item_ids(text)  # the predictions become the items' own id vectors
+    assert tower.num_items == 403 and bool(tower.seen_items.all())
+    assert torch.allclose(tower.add_item_ids(text, torch.arange(403)), vectors, atol=1e-5)
+    text_only = TwoTower.from_config(TowerConfig(backbone=tiny_bert, item_id_embeddings=False), num_items=400)
+    assert torch.equal(text_only.catalog_item_vectors(text), text)
