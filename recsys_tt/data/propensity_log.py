@@ -92,18 +92,18 @@ def _from_json(cls: type, record: dict, where: str):
 
 
 class _RotatingJsonl:
-    def __init__(self, folder: Path, prefix: str, max_bytes: int, max_files: int | None, fsync: bool) -> None:
-        self.folder, self.prefix, self.fsync = folder, prefix, fsync
-        self.max_bytes, self.max_files = max_bytes, max_files
+    def __init__(self, folder: Path, prefix: str, max_bytes: int, fsync: bool) -> None:
+        self.folder, self.prefix, self.fsync, self.max_bytes = folder, prefix, fsync, max_bytes
         self.file = None
 
-    def write(self, record: dict) -> None:
-        if self.file is None or self.file.tell() >= self.max_bytes:
+    def write(self, record: dict) -> bool:
+        """Appends one record; returns whether it started a new file."""
+        started = self.file is None or self.file.tell() >= self.max_bytes
+        if started:
             self.close()
             stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%f")
             path = self.folder / f"{self.prefix}-{stamp}-{os.getpid()}.jsonl"
             self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (held open across writes)
-            self._drop_oldest()
         try:
             self.file.write(json.dumps(record, allow_nan=False, ensure_ascii=False) + "\n")  # UTF-8, not \u escapes
             self.file.flush()
@@ -114,21 +114,12 @@ class _RotatingJsonl:
             # so a torn line can only be the last of its file, which readers skip.
             self._abandon()
             raise
+        return started
 
     def _abandon(self) -> None:
         file, self.file = self.file, None
         with contextlib.suppress(OSError):  # its buffer cannot be written either
             file.close()
-
-    def _drop_oldest(self) -> None:
-        """Keeps at most ``max_files`` files of this prefix (names sort by creation time): a cap on disk use."""
-        if self.max_files is None:
-            return
-        files = sorted(self.folder.glob(f"{self.prefix}-*.jsonl"))
-        for old in files[: max(len(files) - self.max_files, 0)]:
-            log.warning("Propensity log %s holds more than %d %s files; deleting the oldest, %s.", self.folder,
-                        self.max_files, self.prefix, old.name)
-            old.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self.file is not None:
@@ -141,27 +132,54 @@ class PropensityLog:
 
     def __init__(self, folder: str | Path, max_bytes: int = 64 * 2**20, max_files: int | None = 1000,
                  fsync: bool = False) -> None:
-        """Files rotate at ``max_bytes``; beyond ``max_files`` per kind the oldest are deleted (None keeps all)."""
+        """Files rotate at ``max_bytes``. Beyond ``max_files`` impression files the oldest are deleted, each with the
+        feedback files written before the next one began (None keeps all): a cap on disk use that never keeps a
+        click whose slate it deleted, unless the click came after its slate's file was closed."""
         if max_bytes <= 0 or (max_files is not None and max_files <= 0):
             raise ValueError(f"max_bytes and max_files must be positive, got {max_bytes} and {max_files}.")
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.max_files = max_files
         self._lock = threading.Lock()
-        self._impressions = _RotatingJsonl(self.folder, "impressions", max_bytes, max_files, fsync)
-        self._feedback = _RotatingJsonl(self.folder, "feedback", max_bytes, max_files, fsync)
+        self._impressions = _RotatingJsonl(self.folder, "impressions", max_bytes, fsync)
+        self._feedback = _RotatingJsonl(self.folder, "feedback", max_bytes, fsync)
 
     def log_slate(self, impression: Impression) -> None:
         with self._lock:
-            self._impressions.write(_fields(impression))
+            if self._impressions.write(_fields(impression)):
+                # Feedback from now on starts a file of its own, so each feedback file refers to slates of the
+                # impression files begun before it, and retires with them.
+                self._feedback.close()
+                self._retire()
 
     def log_feedback(self, feedback: Feedback) -> None:
         with self._lock:
             self._feedback.write(_fields(feedback))
 
+    def _retire(self) -> None:
+        """Deletes the oldest impression files beyond ``max_files`` and the feedback files begun before the oldest
+        impression file kept (names sort by creation time)."""
+        if self.max_files is None:
+            return
+        files = sorted(self.folder.glob("impressions-*.jsonl"))
+        retired, kept = files[: max(len(files) - self.max_files, 0)], files[-self.max_files:]
+        if not retired:
+            return
+        log.warning("Propensity log %s holds more than %d impression files; deleting the oldest %d (%s first) and "
+                    "their feedback.", self.folder, self.max_files, len(retired), retired[0].name)
+        oldest_kept = _stamp(kept[0])
+        for old in [*retired, *(f for f in self.folder.glob("feedback-*.jsonl") if _stamp(f) < oldest_kept)]:
+            old.unlink(missing_ok=True)
+
     def close(self) -> None:
         with self._lock:
             self._impressions.close()
             self._feedback.close()
+
+
+def _stamp(path: Path) -> str:
+    """When a log file was begun: the sortable stamp in its name (prefix-stamp-pid.jsonl)."""
+    return path.name.split("-")[1]
 
 
 def _fields(record) -> dict:
@@ -230,6 +248,34 @@ def read_impressions(folder: str | Path) -> pd.DataFrame:
 def read_feedback(folder: str | Path) -> pd.DataFrame:
     """One row per reward (``Feedback`` fields and ``source`` as columns; empty when none were sent)."""
     return _read(Path(folder), "feedback", Feedback)
+
+
+@dataclass(frozen=True)
+class LogFolder:
+    """A log folder's slates and the rewards on them, and the rewards whose slate it no longer holds."""
+
+    folder: Path
+    impressions: pd.DataFrame  # every slate (``read_impressions``)
+    feedback: pd.DataFrame  # the last reward of each (request, item) whose slate is in the folder
+    orphans: pd.DataFrame  # the last rewards whose request has no slate in the folder
+
+    @classmethod
+    def read(cls, folder: str | Path) -> LogFolder:
+        """Reads the folder and logs what it holds (``summary``), so every reader reports the same counts."""
+        impressions, feedback = read_impressions(folder), latest_feedback(folder)
+        known = feedback["request_id"].isin(impressions["request_id"])
+        contents = cls(Path(folder), impressions, feedback[known], feedback[~known])
+        (log.warning if len(contents.orphans) else log.info)("%s", contents.summary())
+        return contents
+
+    def summary(self) -> str:
+        """What every reader of the folder uses and skips, in the same words."""
+        clicks = int((self.feedback["reward"] > 0).sum())
+        text = f"{self.folder}: {len(self.impressions)} slates, {len(self.feedback)} rewards on them ({clicks} clicks)"
+        if len(self.orphans):
+            text += (f"; {len(self.orphans)} rewards ({int((self.orphans['reward'] > 0).sum())} clicks) name slates "
+                     "the folder does not hold (deleted by retention, or logged elsewhere)")
+        return text
 
 
 def latest_feedback(folder: str | Path) -> pd.DataFrame:

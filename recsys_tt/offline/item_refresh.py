@@ -47,6 +47,8 @@ class RefreshConfig:
     """P(a user looks at position j) of the logged slates; None: the DCG discount 1 / log2(j + 1)."""
     max_slates: int | None = None
     """Learn from at most this many of the most recent slates (None: the whole log)."""
+    skip_orphans: bool = False
+    """Skip (and count) clicks whose slates the log no longer holds (retention deleted them); else refuse them."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or not self.prior_precision > 0 or (self.max_slates is not None and self.max_slates < 1):
@@ -59,7 +61,7 @@ def refresh_item_vectors(export_dir: str | Path, log_dir: str | Path, config: Re
     """Trains ``export_dir``'s item id vectors on the log in ``log_dir`` and rewrites the folder; returns a summary."""
     began = time.perf_counter()
     export = ExportFolder.load(export_dir)
-    slates = _recent(read_log(log_dir, export.item_rows).impressions, config.max_slates)
+    slates = _recent(read_log(log_dir, export.item_rows, config.skip_orphans).impressions, config.max_slates)
     users = torch.from_numpy(export.new_user_vectors(slates.profiles, slates.histories))
     model = export.encoder.model.float()
     model.fill_item_ids(torch.from_numpy(export.text_vectors))  # the prior means of items without id vectors

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from recsys_tt.data.propensity_log import latest_feedback, read_impressions
+from recsys_tt.data.propensity_log import LogFolder
 from recsys_tt.serving.explore import ExplorationConfig, position_marginals, sample_slates
 
 ESTIMATORS = ("IPS", "SNIPS", "DM", "DR")
@@ -44,14 +44,15 @@ class LoggedSlates:
 
     @classmethod
     def from_log(cls, folder: str | Path) -> LoggedSlates:
-        log = read_impressions(folder)
+        contents = LogFolder.read(folder)
+        log = contents.impressions
         sizes = log["k"].unique()
         if len(sizes) != 1:
             raise ValueError(f"{folder} mixes slate sizes {sorted(sizes)}; evaluate one size at a time.")
         if log["position_propensities"].isna().any():
             raise ValueError(f"{folder} has slates logged without per-position propensities "
                              "(propensity_samples=0); they cannot be evaluated off-policy.")
-        reward = slate_positions(folder, log)["reward"].to_numpy().reshape(len(log), int(sizes[0]))
+        reward = slate_positions(contents)["reward"].to_numpy().reshape(len(log), int(sizes[0]))
         picks = [[list(c).index(row) for row in s] for c, s in zip(log["candidate_rows"], log["slate_rows"])]
         policies = [ExplorationConfig(temperature=t, head=h, epsilon=e)
                     for t, h, e in log[["temperature", "head", "epsilon"]].itertuples(index=False)]
@@ -145,11 +146,10 @@ def _snips(w: np.ndarray, rewards: np.ndarray) -> float:
     return float(((w * rewards).sum(0) / np.maximum(w.sum(0), 1e-300)).sum())
 
 
-def slate_positions(folder: str | Path, impressions: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per (slate, position), slate by slate in log order, with its reward (0 unless feedback said
-    otherwise; ``latest_feedback``). ``impressions`` saves reading them again when the caller has them."""
-    impressions = read_impressions(folder) if impressions is None else impressions
-    rows = impressions[["request_id", "slate_rows", "slate", "pick_probabilities", "position_propensities",
+def slate_positions(contents: LogFolder) -> pd.DataFrame:
+    """One row per (slate, position) of a log folder, slate by slate in log order, with its reward (0 unless
+    feedback said otherwise; ``LogFolder.feedback``)."""
+    rows = contents.impressions[["request_id", "slate_rows", "slate", "pick_probabilities", "position_propensities",
                         "slate_probability"]].copy()
     rows["position"] = rows["slate"].map(lambda s: list(range(len(s))))
     rows["position_propensities"] = [p if isinstance(p, list) else [np.nan] * len(s)  # not estimated
@@ -158,7 +158,7 @@ def slate_positions(folder: str | Path, impressions: pd.DataFrame | None = None)
     rows = rows.explode(["slate_rows", "slate", "pick_probabilities", "position_propensities", "position",
                          "pscore_cascade"], ignore_index=True)
     rows = rows.rename(columns={"slate": "item_id", "slate_rows": "action"})
-    feedback = latest_feedback(folder)
+    feedback = contents.feedback
     rows = rows.merge(feedback[["request_id", "item_id", "reward"]], on=["request_id", "item_id"], how="left")
     rows["reward"] = rows["reward"].fillna(0.0).astype(float)
     return rows
@@ -172,7 +172,7 @@ def bandit_feedback(folder: str | Path, n_actions: int, kind: str = "slate") -> 
     per-position propensity) for obp.ope.SlateOffPolicyEvaluation. kind="position": action, position, reward
     and pscore = the per-position propensity, for obp.ope.OffPolicyEvaluation with position-based estimators.
     """
-    rows = slate_positions(folder)
+    rows = slate_positions(LogFolder.read(folder))
     slate_id = pd.factorize(rows["request_id"])[0]
     common = {"n_rounds": len(rows), "action": rows["action"].to_numpy(np.int64),
               "position": rows["position"].to_numpy(np.int64), "reward": rows["reward"].to_numpy(float)}

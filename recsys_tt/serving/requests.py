@@ -66,7 +66,8 @@ class ServingConfig:
     log_file_bytes: int = 64 * 2**20
     """Propensity log files rotate at this size."""
     log_max_files: int | None = 1000
-    """Impression (and feedback) files kept; beyond it the oldest are deleted. None keeps every file."""
+    """Impression files kept; beyond it the oldest are deleted with the feedback files begun before the next one, so
+    a click outlives its slate only when it came after the slate's file was closed. None keeps every file."""
     cache_size: int = 100_000
     """User vectors kept in the LRU cache (and users whose ignored items are remembered)."""
     ignore_limit: int = 0

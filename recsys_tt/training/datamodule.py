@@ -53,6 +53,7 @@ class RecDataModule(pl.LightningDataModule):
         seed: int = 0,
         logs: str | None = None,
         logs_share: float = 1.0,
+        skip_orphans: bool = False,
         backbone: str = DEFAULT_BACKBONE,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -100,6 +101,8 @@ class RecDataModule(pl.LightningDataModule):
                 it served. Validation and test stay on the interactions' leave-one-out split.
             logs_share: with logs, the share of training steps whose batch is logged clicks; the others are
                 batches of the interactions (1: logs only).
+            skip_orphans: with logs, train on the clicks whose slates the folder still holds and skip (and count)
+                those whose slates retention deleted; off, such clicks are refused.
             backbone: linked from model.tower.backbone (its tokenizer is used).
             num_workers: processes that build training batches ahead of the step (0: the training process builds
                 each batch when the step asks for it). On a GPU, workers keep the host's batch building off the step.
@@ -195,7 +198,8 @@ class RecDataModule(pl.LightningDataModule):
 
     @functools.cached_property
     def log(self) -> Log | None:
-        return read_log(self.hparams.logs, self.data.item_index()) if self.hparams.logs else None
+        hp = self.hparams
+        return read_log(hp.logs, self.data.item_index(), hp.skip_orphans) if hp.logs else None
 
     @property
     def logged_clicks(self) -> LoggedClicks | None:

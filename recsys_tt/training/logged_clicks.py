@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from recsys_tt.data.examples import pad_rows
-from recsys_tt.data.propensity_log import latest_feedback, read_impressions
+from recsys_tt.data.propensity_log import LogFolder, latest_feedback
 from recsys_tt.model.encoder import Encoder
 from recsys_tt.model.loss import LossConfig, click_weights
 from recsys_tt.model.metrics import catalog_scores, exclude_seen, slate_scores
@@ -75,16 +75,21 @@ def read_clicks(folder: str | Path) -> pd.DataFrame:
     return feedback[feedback["reward"] > 0]
 
 
-def read_log(folder: str | Path, item_rows: dict[str, int]) -> Log:
-    """The clicks and slates of a log folder as examples over the catalog ``item_rows`` (item id -> row)."""
-    impressions, problems = read_impressions(folder), []
+def read_log(folder: str | Path, item_rows: dict[str, int], skip_orphans: bool = False) -> Log:
+    """The clicks and slates of a log folder as examples over the catalog ``item_rows`` (item id -> row).
+    Clicks whose slate the folder no longer holds (retention deleted it) are refused, or skipped and counted with
+    ``skip_orphans``."""
+    contents, problems = LogFolder.read(folder), []
+    impressions = contents.impressions
     old = impressions["history_ids"].isna()
     problems += [f"{where}: logged before impression schema version 2, without the user as served"
                  for where in impressions.loc[old, "source"]]
-    clicks = read_clicks(folder)
-    unknown = ~clicks["request_id"].isin(impressions["request_id"])
-    problems += [f"{where}: request_id {request!r} has no impression in {folder}"
-                 for where, request in clicks.loc[unknown, ["source", "request_id"]].itertuples(index=False)]
+    clicks = contents.feedback[contents.feedback["reward"] > 0]
+    orphans = contents.orphans[contents.orphans["reward"] > 0]
+    if not skip_orphans:
+        problems += [f"{where}: request_id {request!r} has no impression in {folder} (deleted by retention? "
+                     "skip_orphans trains without such clicks)"
+                     for where, request in orphans[["source", "request_id"]].itertuples(index=False)]
     impressions = impressions[~old].set_index("request_id")
     outside = set()  # requests whose slate or user names an item the catalog lacks
     for request, where, slate, history in zip(impressions.index, impressions["source"], impressions["slate"],

@@ -404,13 +404,20 @@ def test_feedback_must_name_a_served_slate_and_a_bounded_reward(recommender):
     assert read_feedback(recommender.log.folder)["reward"].tolist() == [2.5]  # only the valid one was logged
 
 
-def test_log_files_beyond_the_cap_are_deleted_oldest_first(tmp_path, caplog):
+def _impression(request_id: str) -> Impression:
+    return Impression(request_id, "t", "u1", False, 0, ["i1"], [0], [0.5], 0.0, 0, 0.0, 0.0, 1, ["i1"], [0], [1.0],
+                      [1.0], 1.0, 0, 0, "v", "v")
+
+
+def test_log_files_beyond_the_cap_are_deleted_oldest_first_with_their_feedback(tmp_path, caplog):
     log = PropensityLog(tmp_path, max_bytes=50, max_files=3)
     for n in range(8):
+        log.log_slate(_impression(str(n)))
         log.log_feedback(Feedback(str(n), "x" * 60, 1.0, "t"))
     log.close()
-    assert len(list(tmp_path.glob("feedback-*.jsonl"))) == 3 and "deleting the oldest" in caplog.text
-    assert read_feedback(tmp_path)["request_id"].tolist() == ["5", "6", "7"]
+    assert len(list(tmp_path.glob("impressions-*.jsonl"))) == 3 and "deleting the oldest" in caplog.text
+    assert read_impressions(tmp_path)["request_id"].tolist() == ["5", "6", "7"]
+    assert read_feedback(tmp_path)["request_id"].tolist() == ["5", "6", "7"]  # no click outlives its slate
 
 
 def test_the_openapi_document_matches_what_the_server_sends(recommender):

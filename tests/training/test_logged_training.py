@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from recsys_tt.data.propensity_log import Feedback
 from recsys_tt.model.loss import (
     LossConfig,
     click_weights,
@@ -244,3 +245,36 @@ def test_weighted_loss_is_the_weighted_mean_of_row_losses():
     rows = F.cross_entropy(user @ item.T / 0.1, positive, reduction="none")
     got = sampled_softmax_loss(user, item, positive, torch.tensor(0.1), weight=weight)
     assert got.item() == pytest.approx(float((rows * weight).sum() / 4), rel=1e-5)
+
+
+def test_retention_deletes_clicks_with_their_slates_and_every_reader_counts_the_same(flat_export, tmp_path, caplog):
+    from recsys_tt.offline.ope import LoggedSlates
+
+    folder = tmp_path / "log"
+    config = ServingConfig(exploration=ExplorationConfig(temperature=0.5), log_file_bytes=20_000, log_max_files=2)
+    recommender = Recommender.load(flat_export, config, log_dir=folder)
+    for seed in range(60):
+        response = recommender.recommend(RecommendRequest(user_id="u1", k=3, seed=seed))
+        recommender.feedback(response["request_id"], response["items"][0]["item_id"], 1.0)
+    late = recommender.recommend(RecommendRequest(user_id="u1", k=3, seed=99))
+    recommender.log.close()
+    assert len(list(folder.glob("impressions-*.jsonl"))) == 2 and "deleting the oldest" in caplog.text
+    caplog.clear()
+    rows = recommender.export.item_rows
+    kept = read_log(folder, rows)  # no click lost its slate
+    assert 0 < len(kept.clicks) < 60 and len(kept.impressions) == len(kept.clicks) + 1
+    training_line = caplog.records[-1].getMessage()
+    LoggedSlates.from_log(folder)
+    assert caplog.records[-1].getMessage() == training_line  # OPE reports what training reads, in the same words
+    assert f"{len(kept.impressions)} slates" in training_line and f"({len(kept.clicks)} clicks)" in training_line
+    # A click that comes after its slate's file was retired is refused, or skipped and counted when asked.
+    Recommender.load(flat_export, config, log_dir=folder).log.log_feedback(
+        Feedback(late["request_id"], late["items"][0]["item_id"], 1.0, "t"))
+    for path in folder.glob("impressions-*.jsonl"):
+        lines = path.read_text().splitlines()
+        path.write_text("".join(line + "\n" for line in lines if late["request_id"] not in line))
+    with pytest.raises(ValueError, match="has no impression in .*skip_orphans trains without such clicks"):
+        read_log(folder, rows)
+    skipped = read_log(folder, rows, skip_orphans=True)
+    assert len(skipped.clicks) == len(kept.clicks)
+    assert "1 rewards (1 clicks) name slates the folder does not hold" in caplog.records[-1].getMessage()
