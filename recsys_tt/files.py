@@ -32,17 +32,46 @@ _OWNER = "OWNER_PID"  # inside each staging folder: the process writing it, so a
 _ABANDONED_AFTER_S = 600  # a staging folder without an owner file this old was left by an older version
 
 
+class FolderBusyError(RuntimeError):
+    """Another process is replacing the same folder."""
+
+
 @contextlib.contextmanager
 def replacing(out: Path) -> Iterator[Path]:
     """A staging folder that replaces ``out`` (or becomes it) when the block ends without an error.
 
+    One writer at a time: a second process replacing the same folder meanwhile is refused (``FolderBusyError``).
     A crash at any point leaves either the old or the new folder under ``out``'s name (or under its backup name for
     an instant, which the next ``replacing`` or ``restore_interrupted_swap`` undoes); staging copies of writers that
     died are removed the next time the folder is replaced.
     """
-    restore_interrupted_swap(out)
-    _remove_abandoned_staging(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    with _writer_lock(out):
+        restore_interrupted_swap(out)
+        _remove_abandoned_staging(out)
+        with _staging(out) as staging:
+            yield staging
+
+
+@contextlib.contextmanager
+def _writer_lock(out: Path) -> Iterator[None]:
+    """An exclusive lock on ``out`` for writers (a lock file beside it, released when the process ends, however)."""
+    import fcntl
+
+    with open(out.with_name(f".{out.name}.lock"), "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderBusyError(f"Another process is writing {out}; run this again when it has finished (nothing "
+                                  "was changed).") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _staging(out: Path) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
         (Path(tmp) / _OWNER).write_text(str(os.getpid()))
         staging = Path(tmp) / out.name

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from recsys_tt.files import replacing, restore_interrupted_swap
+from recsys_tt.files import FolderBusyError, replacing, restore_interrupted_swap
 
 
 def _folder(path, text):
@@ -22,10 +22,10 @@ def test_a_block_that_fails_leaves_the_old_folder_and_no_staging_copy(tmp_path):
     with pytest.raises(RuntimeError), replacing(out) as staging:
         (staging / "data.txt").write_text("half")
         raise RuntimeError("killed while writing")
-    assert (out / "data.txt").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert (out / "data.txt").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [".export.lock", "export"]
     with replacing(out) as staging:
         (staging / "data.txt").write_text("new")
-    assert (out / "data.txt").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert (out / "data.txt").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [".export.lock", "export"]
 
 
 def test_a_crash_between_the_two_renames_is_undone(tmp_path):
@@ -43,4 +43,16 @@ def test_staging_copies_of_dead_writers_are_removed_and_live_ones_kept(tmp_path)
         (tmp_path / name / "OWNER_PID").write_text(pid)
     with replacing(out) as staging:
         (staging / "data.txt").write_text("new")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".export-live", "export"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".export-live", ".export.lock", "export"]
+
+
+def test_a_second_writer_of_the_same_folder_is_refused_and_changes_nothing(tmp_path):
+    out = _folder(tmp_path / "export", "old")
+    with replacing(out) as staging:
+        (staging / "data.txt").write_text("first")
+        with pytest.raises(FolderBusyError, match="Another process is writing"), replacing(out) as second:
+            (second / "data.txt").write_text("second")
+    assert (out / "data.txt").read_text() == "first"
+    with replacing(out) as staging:  # the lock went with the first writer
+        (staging / "data.txt").write_text("third")
+    assert (out / "data.txt").read_text() == "third"

@@ -16,7 +16,7 @@ from recsys_tt.data.tables import DataError, read_ids
 from recsys_tt.data.text import render_table
 from recsys_tt.export.folder import ExportFolder, hashed_files, model_version, require_finite
 from recsys_tt.export.model_card import model_card
-from recsys_tt.files import folder_digests, replacing
+from recsys_tt.files import FolderBusyError, folder_digests, replacing
 from recsys_tt.model.towers import TwoTower
 from recsys_tt.model.weights import TOWERS, save_towers
 
@@ -59,6 +59,15 @@ def add_items(export_dir: str | Path, items_file: str | Path) -> dict:
     return {"export": str(export.folder), "added": len(new), "num_items": len(items)}
 
 
+def _unchanged_since_read(export: ExportFolder) -> None:
+    """Refuses to write a catalog computed from a folder another writer has replaced since (its change would be
+    lost)."""
+    now = json.loads((export.folder / "meta.json").read_text()).get("model_version")
+    if now != export.meta["model_version"]:
+        raise FolderBusyError(f"{export.folder} was replaced by another writer while this one worked (model_version "
+                              f"{export.meta['model_version']} -> {now}); nothing was written: run this again.")
+
+
 def loss_tensors(export: ExportFolder) -> dict[str, torch.Tensor]:
     """The loss's tensors stored beside the towers (its temperature, relevance link), which a rewrite keeps."""
     return {k: v for k, v in load_file(str(export.folder / TOWERS)).items() if k.startswith("loss.")}
@@ -77,6 +86,7 @@ def write_catalog(export: ExportFolder, items: pd.DataFrame, text: np.ndarray, v
     meta = dict(export.meta, num_items=len(items), added_items=export.meta.get("added_items", 0) + added,
                 **(note or {}))
     with replacing(folder) as staging:
+        _unchanged_since_read(export)
         shutil.copytree(folder, staging, dirs_exist_ok=True)
         faiss.write_index(index, str(staging / "index.faiss"))
         np.save(staging / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.float32))

@@ -352,3 +352,20 @@ def test_the_model_card_names_a_named_data_sets_terms_and_the_backbones_licence(
     terms = _terms(tower, data)
     assert "licence: Apache-2.0" in terms and "research use only" in terms
     assert "GroupLens" in _terms(tower, {"dataset": "ml-1m"})
+
+
+def test_a_catalog_change_computed_from_a_folder_replaced_since_is_refused(flat_export, tmp_path):
+    import shutil
+
+    from recsys_tt.export.catalog import write_catalog
+    from recsys_tt.files import FolderBusyError
+
+    folder = tmp_path / "export"
+    shutil.copytree(flat_export, folder)
+    stale = ExportFolder.load(folder)
+    new = tmp_path / "new.csv"
+    pd.DataFrame({"item_id": ["n1"], "title": ["A brand new film"], "genres": ["Drama"]}).to_csv(new, index=False)
+    add_items(folder, new)  # another writer's change, after `stale` was read
+    with pytest.raises(FolderBusyError, match="replaced by another writer"):
+        write_catalog(stale, stale.items, stale.text_vectors, stale.vectors, stale.index)
+    assert ExportFolder.load(folder).items["item_id"].tolist()[-1] == "n1"  # the other change is kept
