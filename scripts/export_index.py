@@ -13,7 +13,7 @@ from recsys_tt.training.export import export_model
 
 
 def main(checkpoint: str, out: str, factory: str = "Flat", search_params: str = "", report_users: int = 500,
-         overwrite: bool = False, device: str = "auto") -> None:
+         overwrite: bool = False, device: str = "auto", data: dict[str, str] | None = None) -> None:
     """Encode the catalog with a checkpoint's towers and write index, vectors, id maps, weights and meta.json.
 
     Args:
@@ -25,9 +25,12 @@ def main(checkpoint: str, out: str, factory: str = "Flat", search_params: str = 
         report_users: users whose top-10 from the index is compared with exact search in meta.json.
         overwrite: replace an existing folder (only once the new one is complete).
         device: where the towers encode the catalog: "auto" (a GPU when there is one), "cpu", "cuda:1", ...
+        data: data files to read instead of those the checkpoint names, e.g. '{"folder": "/data/amazon-games"}'
+            (interactions, items, users, folder, source, cache_dir). The checkpoint's are logged; its cache folder is
+            never written: the token cache goes to cache_dir, else ~/.cache/recsys_tt ($RECSYS_TT_CACHE).
     """
     log_to_console()
-    folder = export_model(checkpoint, out, factory, search_params, report_users, overwrite, device)
+    folder = export_model(checkpoint, out, factory, search_params, report_users, overwrite, device, data)
     meta = json.loads((folder / "meta.json").read_text())
     print(json.dumps({"export": str(folder), "items": meta["num_items"], "dim": meta["dim"], "factory": factory,
                       "build_seconds": meta["build_seconds"], "ann_recall_at_10": meta["ann_recall_at_10"]["value"]}))

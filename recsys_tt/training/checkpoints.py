@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -13,6 +14,8 @@ from recsys_tt.model.towers import TowerConfig
 from recsys_tt.training.checkpoint_files import read_checkpoint
 from recsys_tt.training.datamodule import RecDataModule
 from recsys_tt.training.module import TwoTowerModule
+
+log = logging.getLogger(__name__)
 
 
 def _public(params: dict) -> dict:
@@ -37,11 +40,27 @@ def build_datamodule(hparams: dict) -> RecDataModule:
     return RecDataModule(**hp)
 
 
-def load_checkpoint(path: str | Path) -> tuple[TwoTowerModule, RecDataModule]:
-    """The trained module (eval mode, item tokens attached) and the datamodule of a train.py checkpoint."""
+DATA_PATHS = ("interactions", "items", "users", "folder", "source", "cache_dir")
+"""The data settings that name files or folders: a checkpoint's are defaults its user sees and may override."""
+
+
+def load_checkpoint(path: str | Path, data: dict[str, str] | None = None) -> tuple[TwoTowerModule, RecDataModule]:
+    """The trained module (eval mode, item tokens attached) and the datamodule of a train.py checkpoint.
+
+    A checkpoint is data: the files it names are read only as defaults, logged, and ``data`` overrides them (the keys
+    of ``DATA_PATHS``); caches go to this machine's cache folder (``data["cache_dir"]``, else the default), never to
+    the one the checkpoint names.
+    """
+    unknown = sorted(set(data or {}) - set(DATA_PATHS))
+    if unknown:
+        raise ValueError(f"data settings {unknown} cannot be overridden here; these can: {', '.join(DATA_PATHS)}.")
     ckpt = read_checkpoint(path)
     module = build_module(ckpt["hyper_parameters"])
-    data = build_datamodule(ckpt["datamodule_hyper_parameters"])
+    hparams = {**ckpt["datamodule_hyper_parameters"], "cache_dir": None, **(data or {})}
+    named = {k: hparams[k] for k in DATA_PATHS if hparams.get(k) is not None}
+    log.info("Data of %s: dataset %s%s (override with --data '{\"name\": \"path\"}')", path, hparams.get("dataset"),
+             "".join(f", {k} {v}" for k, v in named.items()))
+    data = build_datamodule(hparams)
     module.load_trainable(ckpt["state_dict"], path)
     if data.num_items != module.hparams.num_items:
         raise ValueError(f"{path} was trained on {module.hparams.num_items} items but its dataset now has "

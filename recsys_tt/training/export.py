@@ -56,15 +56,17 @@ def _tables(data: RecDataModule) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def export_model(checkpoint: str | Path, out: str | Path, factory: str = "Flat", search_params: str = "",
-                 report_users: int = 500, overwrite: bool = False, device: str = "auto") -> Path:
-    """Encodes the catalog with a checkpoint's towers and writes a complete export folder (atomically)."""
+                 report_users: int = 500, overwrite: bool = False, device: str = "auto",
+                 data: dict[str, str] | None = None) -> Path:
+    """Encodes the catalog with a checkpoint's towers and writes a complete export folder (atomically); ``data``
+    names the data files to read instead of the checkpoint's (``load_checkpoint``)."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite true to replace it (the old folder stays until "
                               "the new one is complete).")
     checkpoint = resolve_checkpoint(checkpoint)
     log.info("Exporting %s", checkpoint)
-    module, data = load_checkpoint(checkpoint)
+    module, data = load_checkpoint(checkpoint, data)
     module.to(pick_device(device))
     encoder = module.encoder
     text, vectors = encoder.catalog()

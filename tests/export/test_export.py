@@ -369,3 +369,26 @@ def test_a_catalog_change_computed_from_a_folder_replaced_since_is_refused(flat_
     with pytest.raises(FolderBusyError, match="replaced by another writer"):
         write_catalog(stale, stale.items, stale.text_vectors, stale.vectors, stale.index)
     assert ExportFolder.load(folder).items["item_id"].tolist()[-1] == "n1"  # the other change is kept
+
+
+def test_an_export_reads_and_writes_only_where_its_runner_says(trained, tmp_path, caplog):
+    import shutil
+    from pathlib import Path
+
+    ckpt = torch.load(trained[0], weights_only=True)
+    data = ckpt["datamodule_hyper_parameters"]
+    elsewhere = tmp_path / "theirs"  # a checkpoint from elsewhere, edited to write a cache into a folder it chose
+    data["cache_dir"] = str(elsewhere / "cache")
+    torch.save(ckpt, tmp_path / "edited.ckpt")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("interactions", "items", "users"):
+        shutil.copy(data[name], mine / Path(data[name]).name)
+    export_model(tmp_path / "edited.ckpt", tmp_path / "export", report_users=4,
+                 data={"interactions": str(mine / Path(data["interactions"]).name)})
+    assert not elsewhere.exists()  # the checkpoint's cache folder was never written
+    assert f"interactions {data['items']}" not in caplog.text and f"items {data['items']}" in caplog.text  # shown
+    written = json.loads((tmp_path / "export" / "meta.json").read_text())["data_hparams"]
+    assert written["interactions"] == str(mine / Path(data["interactions"]).name) and written["cache_dir"] is None
+    with pytest.raises(ValueError, match=r"data settings \['batch_size'\] cannot be overridden"):
+        export_model(tmp_path / "edited.ckpt", tmp_path / "other", data={"batch_size": "3"})
