@@ -244,3 +244,14 @@ def test_bf16_training_on_a_cpu_without_amx_says_float32_is_faster(tmp_path, tin
     caplog.clear()
     main(_args(tmp_path, tiny_dataset, tiny_bert, 1, "--test_after_fit", "false"))  # 32-true: nothing to say
     assert not any("CPU without AMX" in r.getMessage() for r in caplog.records)
+
+
+def test_lightning_prints_nothing_a_user_cannot_act_on(tmp_path, tiny_dataset, tiny_bert, capfd, caplog):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(_args(tmp_path, tiny_dataset, tiny_bert, 1, "--trainer.precision", "bf16-mixed",
+                   "--trainer.enable_model_summary", "true"))
+    printed = capfd.readouterr()
+    assert "Tip" not in printed.out + printed.err + caplog.text  # a hosted logger's advertising
+    noise = [str(w.message) for w in caught if "LeafSpec" in str(w.message) or "model summary" in str(w.message)]
+    assert not noise
