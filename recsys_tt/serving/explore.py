@@ -64,8 +64,10 @@ class ExplorationConfig:
     """With a bonus: this many candidates more, the best by score + bonus x uncertainty over the whole catalog (an
     exact pass, one matrix-vector product a request), so that items the index ranks low by score alone, such as new
     ones, can be explored at all."""
-    bonus_pseudo_count: float = 10.0
-    """Observations of an item that halve its score variance (the noise-to-prior variance ratio)."""
+    bonus_pseudo_count: float = 1.0
+    """Observations of an item that halve its score variance (the noise-to-prior variance ratio). At 1 an item with
+    the 5 interactions of a 5-core data set is 0.41 uncertain against 1 for a new one, so a bonus favours new items
+    over the long tail; at 10 the two were 0.82 and 1, and on Amazon Video Games the bonus went to old items."""
     impression_weight: float = 0.1
     """An impression counts as this many observations (a click or training interaction counts as 1)."""
 
