@@ -35,7 +35,8 @@ def main(export: str, host: str = "127.0.0.1", port: int = 8000, log_dir: str | 
     recommender = Recommender.load(export, serving, log_dir=log_dir)
     logging.getLogger("recsys_tt.serve").info("Serving %s on http://%s:%d (API docs at /docs, health at /health)",
                                               export, host, port)
-    uvicorn.run(create_app(recommender), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(recommender), host=host, port=port, log_level="warning",
+                limit_concurrency=serving.max_connections, timeout_keep_alive=serving.keep_alive_seconds)
 
 
 if __name__ == "__main__":

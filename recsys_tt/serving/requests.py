@@ -75,10 +75,17 @@ class ServingConfig:
     known by user_id, or a new user by the user_key of their requests."""
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
     """How slates explore beyond the best-scored candidates, with logged propensities."""
+    max_connections: int = 1000
+    """Open connections the HTTP server holds; beyond them new requests get 503 at once. uvicorn has no timeout for
+    a request's headers, so clients that connect and never finish a request are held until they leave: this caps
+    them, and a reverse proxy with header and body timeouts in front (README) drops them."""
+    keep_alive_seconds: int = 5
+    """An idle keep-alive connection is closed after this long."""
 
     def __post_init__(self) -> None:
         for name in ("candidates", "max_k", "max_text_chars", "max_recent_items", "max_exclude", "max_body_bytes",
-                     "max_abs_reward", "feedback_window", "log_file_bytes", "cache_size"):
+                     "max_abs_reward", "feedback_window", "log_file_bytes", "cache_size", "max_connections",
+                     "keep_alive_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"serving.{name} must be positive, got {getattr(self, name)}.")
         if self.ignore_limit < 0:

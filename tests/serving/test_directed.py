@@ -89,3 +89,17 @@ def test_the_directed_serving_config_is_the_simulated_directed_policy(capsys):
     directed = next(p for p in ARRIVAL_POLICIES if p.name.startswith("directed"))
     assert ExplorationConfig(**serving["exploration"]) == directed.exploration
     assert serving["ignore_limit"] == 3 and serving["candidates"] == 200  # the rest stays serve.yaml's
+
+
+def test_the_http_server_caps_connections_and_closes_idle_ones(flat_export, monkeypatch):
+    import uvicorn
+
+    import serve
+    from recsys_tt.serving.requests import ServingConfig
+
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **settings: started.update(settings))
+    serve.main(str(flat_export), serving=ServingConfig(max_connections=7, keep_alive_seconds=3))
+    assert started["limit_concurrency"] == 7 and started["timeout_keep_alive"] == 3
+    with pytest.raises(ValueError, match="serving.max_connections must be positive"):
+        ServingConfig(max_connections=0)
