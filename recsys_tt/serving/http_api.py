@@ -67,6 +67,46 @@ class ErrorBody(BaseModel):
     detail: str
 
 
+class SlateItem(BaseModel):
+    item_id: str
+    text: str
+    score: float = Field(description="The model's score (cosine similarity, after the scorer and MMR).")
+    rank: int = Field(ge=1)
+    propensity: float | None = Field(description="P(this item at this position) under the policy, estimated; "
+                                     "null when serving.exploration.propensity_samples is 0.")
+    pick_probability: float = Field(ge=0, le=1, description="P(this pick | the picks above it), exact.")
+    explanation: str
+
+
+class RecommendResponse(BaseModel):
+    """A served slate. Sampled below the greedy head (``temperature`` > 0), so a lower rank may score higher."""
+
+    request_id: str
+    user_id: str | None
+    temperature: float
+    seed: int
+    slate_probability: float
+    model_version: str
+    index_version: str
+    items: list[SlateItem]
+    unknown_item_ids: list[str] | None = Field(None, description="Ids the request named that the catalog lacks.")
+    short_slate: str | None = Field(None, description="Why fewer than k items came back.")
+
+
+class FeedbackResponse(BaseModel):
+    status: str
+
+
+class HealthResponse(BaseModel):
+    status: str
+    items: int
+    users: int
+    model_version: str
+    index_version: str
+    logging: bool
+    log_error: str | None
+
+
 _ERRORS = {400: {"model": ErrorBody, "description": "The body is not valid JSON."},
            413: {"model": ErrorBody, "description": "The body is larger than serving.max_body_bytes."},
            422: {"model": ErrorBody, "description": "The body is malformed or asks for what cannot be served."},
@@ -107,11 +147,15 @@ class _BodyLimit:
         return f"The request body is over {self.limit} bytes (serving.max_body_bytes)."
 
 
+# A character Python's str.strip keeps: JSON Schema's \S alone would count U+001C-U+001F and U+0085 as text.
+_NOT_BLANK = r"[^\s\u001c-\u001f\u0085]"
+
+
 def _user_rule() -> dict:
     """JSON schema of "a known user by user_id, or a new user by a non-blank text and/or recent items"."""
     known = {"required": ["user_id"], "properties": {"user_id": {"type": "string"}, "text": {"type": "null"},
                                                       "recent_item_ids": {"maxItems": 0}, "user_key": {"type": "null"}}}
-    described = [{"required": ["text"], "properties": {"text": {"type": "string", "pattern": r"\S"}}},
+    described = [{"required": ["text"], "properties": {"text": {"type": "string", "pattern": _NOT_BLANK}}},
                  {"required": ["recent_item_ids"], "properties": {"recent_item_ids": {"minItems": 1}}}]
     return {"anyOf": [known, {"properties": {"user_id": {"type": "null"}}, "anyOf": described}]}
 
@@ -224,14 +268,14 @@ def create_app(recommender: Recommender) -> FastAPI:
 
     recommend_body, feedback_body = request_bodies(recommender.config, len(recommender.export.items))
 
-    @app.post("/recommend", responses={**_ERRORS, 404: {"model": ErrorBody, "description": "Unknown user_id, or "
+    @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_unset=True, responses={**_ERRORS, 404: {"model": ErrorBody, "description": "Unknown user_id, or "
                                                        "none of a new user's recent_item_ids (without text) known."},
                                        409: {"model": ErrorBody, "description": "Every item is excluded."}})
     def recommend(body: recommend_body) -> dict:
         """A slate of ``k`` items with scores, propensities and explanations; logged when a log folder is set."""
         return recommender.recommend(RecommendRequest(**body.model_dump()))
 
-    @app.post("/feedback", responses={**_ERRORS, 404: {"model": ErrorBody, "description": "A request_id this "
+    @app.post("/feedback", response_model=FeedbackResponse, responses={**_ERRORS, 404: {"model": ErrorBody, "description": "A request_id this "
                                                        "server did not serve, or too long ago to remember."},
                                       409: {"model": ErrorBody, "description": "The server keeps no log, or the "
                                             "item was not in that slate."}})
@@ -240,8 +284,9 @@ def create_app(recommender: Recommender) -> FastAPI:
         recommender.feedback(body.request_id, body.item_id, body.reward)
         return {"status": "recorded"}
 
-    @app.get("/health", responses={503: {"description": "The propensity log cannot be written: requests are "
-                                         "refused until it can (log_error says why)."}})
+    @app.get("/health", response_model=HealthResponse, responses={
+        503: {"model": HealthResponse, "description": "The propensity log cannot be written: requests are refused "
+              "until it can (log_error says why)."}})
     def health() -> JSONResponse:
         """Ready once the export is loaded and checked (the server does that before it listens), and while its
         propensity log can be written."""

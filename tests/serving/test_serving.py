@@ -428,6 +428,10 @@ def test_the_openapi_document_matches_what_the_server_sends(recommender):
     assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
     assert {"404", "413"} <= set(responses) and "HTTPValidationError" not in spec["components"]["schemas"]
     assert "404" in spec["paths"]["/feedback"]["post"]["responses"]
+    for path, method, model in (("/recommend", "post", "RecommendResponse"), ("/feedback", "post", "FeedbackResponse"),
+                                ("/health", "get", "HealthResponse")):
+        answer = spec["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert answer["$ref"].endswith(f"/{model}")  # typed, so a client or fuzzer can check every 200
     assert list(spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == [metrics.headers["content-type"]]
     assert metrics.headers["content-type"].startswith("text/plain")
 
@@ -445,6 +449,7 @@ RECOMMEND_BODIES = [
     {"user_id": "u1", "temperature": -0.1}, {"user_id": "u1", "temperature": MAX_TEMPERATURE},
     {"user_id": "u1", "temperature": 1e308}, {"user_id": "u1", "k": 5.0}, {"user_id": "u1", "seed": 7.0},
     {"user_id": "u1", "k": 2.5}, {"user_id": "u1", "k": True}, {"user_id": "u1", "k": "5"},
+    {"text": "\u001c\u001f"}, {"text": "\u0085"}, {"text": "\u0085a"},  # blank to Python, not to JSON Schema's \S
 ]
 
 
@@ -453,12 +458,16 @@ def test_a_request_is_accepted_exactly_when_it_fits_the_openapi_document(flat_ex
     is answered 200 (or 404/409 for ids or state the document cannot know), and any other body 422."""
     recommender = Recommender.load(flat_export, LIMITED, log_dir=tmp_path / "log")
     with TestClient(create_app(recommender)) as client:
-        schemas = client.get("/openapi.json").json()["components"]["schemas"]
+        document = client.get("/openapi.json").json()
+        schemas = document["components"]["schemas"]
+        answers = {"/recommend": "RecommendResponse", "/feedback": "FeedbackResponse"}
 
         def check(path: str, schema: str, body: dict, expected_when_valid: int = 200) -> None:
             valid = Draft202012Validator(schemas[schema]).is_valid(body)
-            status = client.post(path, json=body).status_code
-            assert status == (expected_when_valid if valid else 422), (body, valid, status)
+            response = client.post(path, json=body)
+            assert response.status_code == (expected_when_valid if valid else 422), (body, valid, response.status_code)
+            answer = answers[path] if response.status_code == 200 else "ErrorBody"
+            Draft202012Validator({"$ref": f"#/components/schemas/{answer}", **document}).validate(response.json())
 
         for body in RECOMMEND_BODIES:
             check("/recommend", "RecommendBody", body, 404 if body.get("user_id") == "nobody" or
