@@ -22,10 +22,12 @@ def test_a_block_that_fails_leaves_the_old_folder_and_no_staging_copy(tmp_path):
     with pytest.raises(RuntimeError), replacing(out) as staging:
         (staging / "data.txt").write_text("half")
         raise RuntimeError("killed while writing")
-    assert (out / "data.txt").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [".export.lock", "export"]
+    assert (out / "data.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".export.lock", "export"]
     with replacing(out) as staging:
         (staging / "data.txt").write_text("new")
-    assert (out / "data.txt").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [".export.lock", "export"]
+    assert (out / "data.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".export.lock", "export"]
 
 
 def test_a_crash_between_the_two_renames_is_undone(tmp_path):

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from recsys_tt.data.tables import DataError, read_ids
 from recsys_tt.data.text import render_table
-from recsys_tt.export.folder import ExportFolder, hashed_files, model_version, require_finite
+from recsys_tt.export.folder import FORMAT_VERSION, ExportFolder, hashed_files, require_finite, seal
 from recsys_tt.export.model_card import model_card
 from recsys_tt.files import FolderBusyError, folder_digests, replacing
 from recsys_tt.model.towers import TwoTower
@@ -97,6 +97,6 @@ def write_catalog(export: ExportFolder, items: pd.DataFrame, text: np.ndarray, v
             save_towers(model, staging, extra)
             meta["model_hparams"] = dict(meta["model_hparams"], num_items=model.num_items)
         meta["sha256"] = folder_digests(staging, hashed_files(export.meta["adapters"]))
-        meta["model_version"] = model_version(meta["sha256"], export.meta["adapters"])
+        meta = seal(meta | {"format_version": FORMAT_VERSION})
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
         (staging / "README.md").write_text(model_card(meta))

@@ -3,7 +3,8 @@
 Layout of an export folder::
 
     meta.json            dims, metric, factory, counts, backbone, sha256 of every other file but README.md,
-                         model version, source checkpoint, configs, test metrics, library versions
+                         model version (a digest of all that shapes serving), source checkpoint, configs, test
+                         metrics, library versions, and an HMAC signature when a signing key is set
     README.md            model card: what was trained on what, how well it did, how to load it
     index.faiss          FAISS index over the item vectors (inner product on L2-normalised vectors)
     vectors.npy          (N, D) float32 item vectors, row-aligned with items.parquet (for exact rescoring)
@@ -11,15 +12,20 @@ Layout of an export folder::
     items.parquet        row -> item_id, text, history_name, train_count
     users.parquet        user_id, profile, train_items (rows), valid_item, test_item (row or -1)
     adapters/<tower>/    each tower's LoRA adapter as a peft folder (see ``recsys_tt.model.weights``)
+    adapters/README.md   how to load the adapters with peft alone
     towers.safetensors   the other trained weights: heads, id vectors, history input layer, temperature
 
-Nothing in it is pickled. ``recsys_tt.training.export`` writes them; reading one needs no training code.
+Nothing in it is pickled. ``recsys_tt.training.export`` writes them; reading one needs no training code. The file
+set is exact: a load refuses any other file, link or special file, and any file whose sha256 or whose meta.json
+settings differ from what ``model_version`` sealed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -36,10 +42,18 @@ from recsys_tt.files import restore_interrupted_swap, verify_digests
 from recsys_tt.model.backbone import load_tokenizer
 from recsys_tt.model.encoder import Encoder, parse_dtype
 from recsys_tt.model.towers import TowerConfig, TwoTower
-from recsys_tt.model.weights import load_towers, weight_files
+from recsys_tt.model.weights import ADAPTERS, load_towers, weight_files
 
-FORMAT_VERSION = 3  # 3: weights as peft adapters + safetensors (2: one weights.pt pickle)
+FORMAT_VERSION = 4  # 4: model_version seals meta.json's settings and every file (3: the weights only)
+READABLE_FORMATS = (3, 4)  # 2: one weights.pt pickle, no longer read
 DATA_FILES = ("index.faiss", "vectors.npy", "text_vectors.npy", "items.parquet", "users.parquet")
+ADAPTER_NAMES = ("item", "user", "shared")
+CARD = "README.md"  # the model card, written from meta.json after it: not hashed
+SIGNING_KEY_ENV = "RECSYS_TT_SIGNING_KEY"
+"""When set, exports are signed (HMAC-SHA256 of meta.json) and loads refuse unsigned or edited folders."""
+SERVING_SETTINGS = ("format_version", "dim", "metric", "normalized", "factory", "search_params", "num_items",
+                    "num_users", "precision", "backbone", "adapters", "sha256", "model_hparams", "data_hparams")
+"""meta.json's entries that shape what a server answers: ``model_version`` digests them (file digests included)."""
 
 
 def require_finite(vectors: np.ndarray | torch.Tensor, source: str | Path, fix: str) -> None:
@@ -51,14 +65,69 @@ def require_finite(vectors: np.ndarray | torch.Tensor, source: str | Path, fix: 
                          f"infinite values; {fix}.")
 
 
-def hashed_files(adapters: list[str]) -> list[str]:
-    """The files whose sha256 meta.json records: all but meta.json itself and the model card."""
-    return [*DATA_FILES, *weight_files(adapters)]
+def hashed_files(adapters: list[str], format_version: int = FORMAT_VERSION) -> list[str]:
+    """The files whose sha256 meta.json records: every file but meta.json itself and the model card (format 3 did
+    not hash the adapters' README)."""
+    return [*DATA_FILES, *weight_files(adapters), *([f"{ADAPTERS}/README.md"] if format_version > 3 else [])]
 
 
-def model_version(digests: dict[str, str], adapters: list[str]) -> str:
-    """A short digest of the weights (adapters and towers.safetensors): what a served slate was scored by."""
-    return hashlib.sha256("".join(digests[f] for f in weight_files(adapters)).encode()).hexdigest()[:16]
+def model_version(meta: dict) -> str:
+    """A short digest of everything that shapes a served slate: the settings of ``SERVING_SETTINGS`` and, through
+    ``sha256``, every file. Format 3 folders digested their weights only."""
+    if meta.get("format_version") == 3:
+        weights = "".join(meta["sha256"][f] for f in weight_files(meta["adapters"]))
+        return hashlib.sha256(weights.encode()).hexdigest()[:16]
+    settings = json.dumps({k: meta.get(k) for k in SERVING_SETTINGS}, sort_keys=True)
+    return hashlib.sha256(settings.encode()).hexdigest()[:16]
+
+
+def seal(meta: dict) -> dict:
+    """meta.json as a writer finishes it: its model_version, and its signature when a signing key is set."""
+    meta = {k: v for k, v in meta.items() if k != "signature"} | {"model_version": model_version(meta)}
+    key = os.environ.get(SIGNING_KEY_ENV)
+    return meta | {"signature": _signature(meta, key)} if key else meta
+
+
+def _signature(meta: dict, key: str) -> str:
+    body = json.dumps({k: v for k, v in meta.items() if k != "signature"}, sort_keys=True).encode()
+    return hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+
+
+def check_manifest(folder: Path, meta: dict) -> None:
+    """Refuses a folder whose files are not exactly those its format holds (regular files, inside the folder), whose
+    contents differ from their sha256, or whose meta.json differs from what model_version (and, with a signing key,
+    the signature) sealed. Names come from the code, never from meta.json, so no entry can point elsewhere."""
+    adapters = meta.get("adapters")
+    if (not isinstance(adapters, list) or not adapters or len(set(map(str, adapters))) != len(adapters)
+            or not set(adapters) <= set(ADAPTER_NAMES)):
+        raise ValueError(f"{folder / 'meta.json'}: adapters must be distinct names of {ADAPTER_NAMES}, got "
+                         f"{adapters!r}; re-export it.")
+    expected = set(hashed_files(adapters, meta["format_version"]))
+    unhashed = {"meta.json", CARD, f"{ADAPTERS}/README.md"}
+    paths = list(folder.rglob("*"))
+    odd = [p for p in paths if p.is_symlink() or not (p.is_dir() or p.is_file())]
+    if odd:
+        raise ValueError(f"{folder}: {odd[0].relative_to(folder)} is a link or special file; an export holds regular "
+                         "files only. Re-export it.")
+    present = {p.relative_to(folder).as_posix() for p in paths if p.is_file()} - (unhashed - expected)
+    missing, extra = sorted(expected - present), sorted(present - expected)
+    if missing:
+        raise ValueError(f"{folder} is not a complete recsys_tt export (missing {missing}); re-run "
+                         "scripts/export_index.py.")
+    if extra:
+        raise ValueError(f"{folder} holds files an export does not ({extra[:5]}); remove them or re-export it.")
+    recorded = meta.get("sha256")
+    if not isinstance(recorded, dict) or set(recorded) != expected:
+        raise ValueError(f"{folder / 'meta.json'}: sha256 must list exactly {sorted(expected)}; the folder was "
+                         "edited after export. Re-export it.")
+    verify_digests(folder, recorded, "re-export it, or add items with scripts/add_items.py only.")
+    if meta.get("model_version") != model_version(meta):
+        raise ValueError(f"{folder / 'meta.json'} was edited after export: its settings no longer give its "
+                         f"model_version {meta.get('model_version')!r}. Re-export it.")
+    key = os.environ.get(SIGNING_KEY_ENV)
+    if key and not hmac.compare_digest(str(meta.get("signature", "")), _signature(meta, key)):
+        raise ValueError(f"{folder / 'meta.json'} is not signed with the key in ${SIGNING_KEY_ENV} (unsigned, "
+                         "signed with another key, or edited since); serve only folders exported with that key.")
 
 
 def dataset_user_batches(features: UserFeatures, split: LeaveOneOut, users: np.ndarray, stage: str,
@@ -97,15 +166,11 @@ class ExportFolder:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{folder / 'meta.json'} is not valid JSON ({err}); the export is damaged, re-export "
                              "it.") from err
-        if meta.get("format_version") != FORMAT_VERSION:
+        if meta.get("format_version") not in READABLE_FORMATS:
             old = " (its weights are a pickle, weights.pt)" if meta.get("format_version") == 2 else ""
             raise ValueError(f"{folder} has export format {meta.get('format_version')}{old}; this recsys_tt reads "
-                             f"{FORMAT_VERSION}. Re-export it with scripts/export_index.py.")
-        missing = [name for name in hashed_files(meta["adapters"]) if not (folder / name).exists()]
-        if missing:
-            raise ValueError(f"{folder} is not a complete recsys_tt export (missing {missing}); "
-                             "re-run scripts/export_index.py.")
-        verify_digests(folder, meta["sha256"], "re-export it, or add items with scripts/add_items.py only.")
+                             f"{', '.join(map(str, READABLE_FORMATS))}. Re-export it with scripts/export_index.py.")
+        check_manifest(folder, meta)
         vectors, text = np.load(folder / "vectors.npy"), np.load(folder / "text_vectors.npy")
         index = faiss.read_index(str(folder / "index.faiss"))
         expected = (meta["num_items"], meta["dim"])

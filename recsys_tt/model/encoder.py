@@ -84,8 +84,8 @@ class Encoder:
         return torch.cat(chunks) if chunks else torch.zeros(0, self.model.dim, device=self.device)
 
     def catalog_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(text vectors, item vectors) of the whole catalog, (N, D) each, on the model's device; items without a trained
-        id vector get the one their text predicts (``TwoTower.catalog_item_vectors``)."""
+        """(text vectors, item vectors) of the whole catalog, (N, D) each, on the model's device; items without a
+        trained id vector get the one their text predicts (``TwoTower.catalog_item_vectors``)."""
         text = self.item_text()
         with torch.no_grad():
             return text, self.model.catalog_item_vectors(text)

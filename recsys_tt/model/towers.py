@@ -245,7 +245,7 @@ class TwoTower(nn.Module):
         fitted[rows] = False
         x = text[fitted].double()
         if len(x) < 2:
-            raise ValueError(f"Predicting id vectors from text needs items with trained id vectors; there are {len(x)}.")
+            raise ValueError(f"Predicting id vectors from text needs items with trained id vectors; {len(x)} have one.")
         y = self._id_vectors(torch.nonzero(fitted).squeeze(1)).double()
         gram = x.T @ x + ridge * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
         return (text[rows].double() @ torch.linalg.solve(gram, x.T @ y)).to(text.dtype)

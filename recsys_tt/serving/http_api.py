@@ -268,17 +268,18 @@ def create_app(recommender: Recommender) -> FastAPI:
 
     recommend_body, feedback_body = request_bodies(recommender.config, len(recommender.export.items))
 
-    @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_unset=True, responses={**_ERRORS, 404: {"model": ErrorBody, "description": "Unknown user_id, or "
-                                                       "none of a new user's recent_item_ids (without text) known."},
-                                       409: {"model": ErrorBody, "description": "Every item is excluded."}})
+    @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_unset=True, responses={
+        **_ERRORS, 404: {"model": ErrorBody, "description": "Unknown user_id, or none of a new user's recent_item_ids "
+                         "(without text) known."},
+        409: {"model": ErrorBody, "description": "Every item is excluded."}})
     def recommend(body: recommend_body) -> dict:
         """A slate of ``k`` items with scores, propensities and explanations; logged when a log folder is set."""
         return recommender.recommend(RecommendRequest(**body.model_dump()))
 
-    @app.post("/feedback", response_model=FeedbackResponse, responses={**_ERRORS, 404: {"model": ErrorBody, "description": "A request_id this "
-                                                       "server did not serve, or too long ago to remember."},
-                                      409: {"model": ErrorBody, "description": "The server keeps no log, or the "
-                                            "item was not in that slate."}})
+    @app.post("/feedback", response_model=FeedbackResponse, responses={
+        **_ERRORS, 404: {"model": ErrorBody, "description": "A request_id this server did not serve, or too long ago "
+                         "to remember."},
+        409: {"model": ErrorBody, "description": "The server keeps no log, or the item was not in that slate."}})
     def feedback(body: feedback_body) -> dict:
         """Attaches a reward (e.g. 1 = click) to an item of a served slate."""
         recommender.feedback(body.request_id, body.item_id, body.reward)

@@ -12,15 +12,15 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-import torch
 import pandas as pd
+import torch
 
 from recsys_tt.export.folder import (
     FORMAT_VERSION,
     dataset_user_batches,
     hashed_files,
-    model_version,
     require_finite,
+    seal,
 )
 from recsys_tt.export.index import build_index, recall_against_exact
 from recsys_tt.export.model_card import model_card
@@ -91,13 +91,13 @@ def export_model(checkpoint: str | Path, out: str | Path, factory: str = "Flat",
             "search_params": search_params, "num_items": int(len(vectors)), "num_users": int(len(users)),
             "precision": dtype_name(encoder.precision), "backbone": module.model.config.backbone,
             "adapters": module.model.adapters, "sha256": digests,
-            "model_version": model_version(digests, module.model.adapters),
             "source_checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": sha256_file(checkpoint),
             "versions": _versions(), "build_seconds": round(seconds, 3),
             "ann_recall_at_10": {"value": recall, "users": int(len(sample))},
             "model_hparams": _jsonable(module.hparams), "data_hparams": _jsonable(data.hparams),
             "test_metrics": run_test_metrics(checkpoint),
         }
+        meta = seal(meta)
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
         (staging / "README.md").write_text(model_card(meta))
     return out

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from recsys_tt.export.catalog import add_items
-from recsys_tt.export.folder import ExportFolder, hashed_files
+from recsys_tt.export.folder import SIGNING_KEY_ENV, ExportFolder, hashed_files, seal
 from recsys_tt.export.index import build_index, exact_top_k, recall_against_exact
 from recsys_tt.offline.scoring import evaluate_recommendations, score_users
 from recsys_tt.serving.retrieval import search_excluding
@@ -140,7 +140,7 @@ def test_non_finite_vectors_are_refused_naming_the_file_and_row(flat_export, tmp
     np.save(copy / "vectors.npy", vectors)
     meta = json.loads((copy / "meta.json").read_text())
     meta["sha256"]["vectors.npy"] = sha256_file(copy / "vectors.npy")  # a folder damaged before it was hashed
-    (copy / "meta.json").write_text(json.dumps(meta))
+    (copy / "meta.json").write_text(json.dumps(seal(meta)))
     with pytest.raises(ValueError, match=r"vectors.npy: row 3 \(1 rows in all\) holds NaN or infinite values"):
         ExportFolder.load(copy)
 
@@ -153,7 +153,7 @@ def test_a_config_that_does_not_fit_the_weights_is_refused_in_one_line(flat_expo
     shutil.copytree(flat_export, copy)
     meta = json.loads((copy / "meta.json").read_text())
     meta["model_hparams"]["tower"]["lora_r"] *= 2
-    (copy / "meta.json").write_text(json.dumps(meta))
+    (copy / "meta.json").write_text(json.dumps(seal(meta)))  # sealed again, as a writer with a bug would
     with pytest.raises(ValueError, match=r"adapters/item/adapter_model.safetensors does not fit the item adapter its "
                                          r"config describes .*size mismatch") as refused:
         _ = ExportFolder.load(copy).encoder  # built on first use
@@ -392,3 +392,51 @@ def test_an_export_reads_and_writes_only_where_its_runner_says(trained, tmp_path
     assert written["interactions"] == str(mine / Path(data["interactions"]).name) and written["cache_dir"] is None
     with pytest.raises(ValueError, match=r"data settings \['batch_size'\] cannot be overridden"):
         export_model(tmp_path / "edited.ckpt", tmp_path / "other", data={"batch_size": "3"})
+
+
+def _edited(flat_export, tmp_path, edit) -> ExportFolder:
+    import shutil
+
+    folder = shutil.copytree(flat_export, tmp_path / "edited")
+    meta = json.loads((folder / "meta.json").read_text())
+    edit(folder, meta)
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda folder, meta: meta["sha256"].pop("items.parquet"), "sha256 must list exactly"),
+    (lambda folder, meta: meta.update(sha256={}), "sha256 must list exactly"),
+    (lambda folder, meta: meta["data_hparams"].update(history_len=1), "was edited after export"),
+    (lambda folder, meta: meta.update(factory="HNSW32"), "was edited after export"),
+    (lambda folder, meta: meta.update(adapters=["../../../../etc"]), "adapters must be distinct names"),
+    (lambda folder, meta: (folder / "notes.txt").write_text("x"), "holds files an export does not .*notes.txt"),
+    (lambda folder, meta: ((folder / "vectors.npy").unlink(), (folder / "vectors.npy").symlink_to("/dev/zero")),
+     "vectors.npy is a link or special file"),
+])
+def test_an_edited_folder_is_refused_in_one_line_naming_what_changed(flat_export, tmp_path, edit, message):
+    folder = _edited(flat_export, tmp_path, edit)
+    with pytest.raises(ValueError, match=message) as refused:
+        ExportFolder.load(folder)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_signing_key_refuses_unsigned_and_edited_folders(flat_export, tmp_path, monkeypatch):
+    unsigned = _edited(flat_export, tmp_path, lambda folder, meta: None)
+    monkeypatch.setenv(SIGNING_KEY_ENV, "our secret")
+    with pytest.raises(ValueError, match=f"not signed with the key in \\${SIGNING_KEY_ENV}"):
+        ExportFolder.load(unsigned)
+    signed = tmp_path / "signed"
+    unsigned.rename(signed)
+    meta = seal(json.loads((signed / "meta.json").read_text()))
+    (signed / "meta.json").write_text(json.dumps(meta))
+    assert ExportFolder.load(signed).meta["signature"] == meta["signature"]
+    # An edit that recomputes model_version, as anyone can, still fails the signature.
+    forged = {**meta, "data_hparams": {**meta["data_hparams"], "history_len": 1}}
+    monkeypatch.setenv(SIGNING_KEY_ENV, "another key")
+    (signed / "meta.json").write_text(json.dumps(seal(forged)))
+    monkeypatch.setenv(SIGNING_KEY_ENV, "our secret")
+    with pytest.raises(ValueError, match="signed with another key, or edited since"):
+        ExportFolder.load(signed)
+    monkeypatch.delenv(SIGNING_KEY_ENV)
+    assert ExportFolder.load(signed).meta["data_hparams"]["history_len"] == 1  # without a key: sealed, not signed
