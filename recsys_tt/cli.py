@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 
 from jsonargparse import auto_cli, set_parsing_settings
@@ -34,6 +35,25 @@ def log_to_console() -> None:
     logging.getLogger("recsys_tt").setLevel(logging.INFO)
 
 
+_NOISE = (r"Precision .* is not supported by the model summary",  # its size estimate; nothing to act on
+          r".*isinstance\(treespec, LeafSpec\)",  # Lightning's own call into torch's pytree
+          r".*is_gradient_checkpointing.* is deprecated")  # peft asks transformers the old name
+
+
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")  # advertising of a hosted logger
+
+
+def quiet_library_noise() -> None:
+    """Silences what the libraries print that a user cannot act on (every entry point calls it)."""
+    for message in _NOISE:
+        warnings.filterwarnings("ignore", message=message)
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _NoTips) for f in rank_zero.filters):
+        rank_zero.addFilter(_NoTips())
+
+
 def document_options() -> None:
     """Config dataclasses document their fields with attribute docstrings; --help shows them only with this."""
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -41,6 +61,7 @@ def document_options() -> None:
 
 def run(function: Callable, args: list[str] | None = None) -> None:
     """Runs a typed function as a command line (jsonargparse), with documented options and one-line input errors."""
+    quiet_library_noise()
     document_options()
     with user_errors():
         auto_cli(function, as_positional=False, args=args)

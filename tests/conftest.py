@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +10,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
+from recsys_tt.cli import quiet_library_noise
 from recsys_tt.model.backbone import load_tokenizer
 from tests.helpers import CUT, train_args, write_tiny_dataset
 
@@ -26,6 +28,14 @@ def tiny_bert(tmp_path_factory) -> str:
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(autouse=True)
+def _as_from_the_command_line(monkeypatch):
+    """Entry points called by tests see no pytest arguments as theirs, and libraries' noise is silenced as every
+    command line silences it."""
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    quiet_library_noise()
 
 
 @pytest.fixture

@@ -121,7 +121,7 @@ def fit_relevance_link(scores: torch.Tensor, clicked: torch.Tensor, shown: torch
         return loss
 
     optimizer.step(closure)
-    return float(link[0]), float(link[1])
+    return float(link[0].detach()), float(link[1].detach())
 
 
 def effective_sample_share(weight: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -16,7 +15,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from recsys_tt.cli import document_options, log_to_console, user_errors
+from recsys_tt.cli import document_options, log_to_console, quiet_library_noise, user_errors
 from recsys_tt.model.metrics import ranking_metrics
 from recsys_tt.training.callbacks import ProgressLog
 from recsys_tt.training.checkpoint_files import read_checkpoint
@@ -110,29 +109,11 @@ def cpu_has_amx(cpuinfo: str | None = None) -> bool | None:
     return "amx_bf16" in flags if flags else None
 
 
-_NOISE = (r"Precision .* is not supported by the model summary",  # its size estimate; nothing to act on
-          r".*isinstance\(treespec, LeafSpec\)")  # Lightning's own call into torch's pytree
-
-
-class _NoTips(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")  # advertising of a hosted logger
-
-
-def _quiet_library_noise() -> None:
-    """Silences what Lightning prints before the first step that a user cannot act on."""
-    for message in _NOISE:
-        warnings.filterwarnings("ignore", message=message)
-    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
-    if not any(isinstance(f, _NoTips) for f in rank_zero.filters):
-        rank_zero.addFilter(_NoTips())
-
-
 def main(args: list[str] | None = None, exit_on_error: bool = True) -> TwoTowerCLI:
     """The CLI on ``args`` (default: the command line). Without ``exit_on_error`` a bad argument raises
     ``ArgumentError`` instead of printing the whole usage and exiting."""
     log_to_console()
-    _quiet_library_noise()
+    quiet_library_noise()
     document_options()
     quiet = {"exit_on_error": False} if not exit_on_error else {}
     parser_kwargs = quiet | {name: quiet for name in TwoTowerCLI.subcommands()} if quiet else None

@@ -74,6 +74,7 @@ def test_validation_checkpoints_and_final_weights_hold_the_average(tmp_path, tin
         assert torch.allclose(recorded.validated[-1][name], expected[name], atol=1e-6), name  # at step 4
 
 
+@pytest.mark.filterwarnings("ignore:.*exists and is not empty")  # the test reruns into its own run folder
 def test_resumed_run_matches_uninterrupted_run(tmp_path, tiny_dataset, tiny_bert):
     full = main(_args(tmp_path / "full", tiny_dataset, tiny_bert, 8, "--trainer.callbacks+", EMA))
     kill = '{"class_path": "test_train.StopAtStep", "init_args": {"step": 5}}'

@@ -189,6 +189,7 @@ def test_fine_tuning_on_logged_clicks_from_a_checkpoint(trained, flat_export, ti
     assert counts.sum() == sum(len(t) for t in cli.datamodule.split.train) + 2  # the two logged clicks count too
 
 
+@pytest.mark.filterwarnings("ignore:.*exists and is not empty")  # the test reruns into its own run folder
 def test_fine_tuning_weighs_each_click_once_against_the_model_it_starts_from(trained, flat_export, tiny_bert,
                                                                            tmp_path):
     """The clicks were served by the checkpoint's export at temperature 0.5: scored by the model the run starts from

@@ -67,6 +67,7 @@ def test_checkpoint_holds_trainable_weights_and_config_only(tmp_path, tiny_datas
     assert ckpt["datamodule_hyper_parameters"]["interactions"] == tiny_dataset["interactions"]
 
 
+@pytest.mark.filterwarnings("ignore:.*exists and is not empty")  # the test reruns into its own run folder
 def test_resumed_run_matches_uninterrupted_run(tmp_path, tiny_dataset, tiny_bert):
     full = main(_args(tmp_path / "full", tiny_dataset, tiny_bert, 8))
     kill = '{"class_path": "test_train.StopAtStep", "init_args": {"step": 5}}'
@@ -85,6 +86,7 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, tiny_dataset, tiny_bert
         assert float(resumed.trainer.callback_metrics[name]) == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:.*exists and is not empty")  # the test reruns into its own run folder
 def test_testing_after_fit_uses_the_best_validation_checkpoint(tmp_path, tiny_dataset, tiny_bert):
     args = _args(tmp_path, tiny_dataset, tiny_bert, 6, "--model.lr", "0.05")  # the config lists no such callback
     fitted = main(args)
@@ -230,6 +232,7 @@ def test_a_bad_argument_on_the_command_line_is_two_lines_not_the_usage(bad):
     assert len(lines) == 2 and lines[0].startswith("error: ") and "fit --help" in lines[1], done.stderr[-2000:]
 
 
+@pytest.mark.filterwarnings("ignore:.*exists and is not empty")  # the test reruns into its own run folder
 def test_bf16_training_on_a_cpu_without_amx_says_float32_is_faster(tmp_path, tiny_dataset, tiny_bert, caplog,
                                                                   monkeypatch):
     from recsys_tt.training import lightning_cli
