@@ -94,11 +94,16 @@ def print_table(results: dict[int, dict[str, dict]], comparison: dict[str, dict]
                 f" {np.mean([np.mean(list(r['ndcg@10'].values())) for r in runs]):>8.4f}")
         if policy.name in comparison:
             c = comparison[policy.name]
-            line += "   " + ", ".join(f"{c[m]['gain']:+.1%} [{c[m]['low']:+.1%}, {c[m]['high']:+.1%}]"
-                                      for m in ("clicks", "released_clicks")) + \
-                f", {np.mean(c['coverage']):+.1%}, {c['ndcg@10']['gain']:+.1%} [{c['ndcg@10']['low']:+.1%}, " \
-                f"{c['ndcg@10']['high']:+.1%}]"
+            coverage = f"{np.mean(c['coverage']):+.1%}"
+            line += "   " + ", ".join([_gain(c["clicks"]), _gain(c["released_clicks"]), coverage, _gain(c["ndcg@10"])])
         print(line)
+
+
+def _gain(gain: dict[str, float]) -> str:
+    """A paired gain as a relative change, or as a difference per seed when the baseline had none."""
+    if np.isnan(gain["gain"]):
+        return f"{gain['difference']:+.1f}/seed [{gain['difference_low']:+.1f}, {gain['difference_high']:+.1f}]"
+    return f"{gain['gain']:+.1%} [{gain['low']:+.1%}, {gain['high']:+.1%}]"
 
 
 def main(export: str, seeds: list[int] | None = None, rounds: int = 10, users_per_round: int = 1000, k: int = 10,

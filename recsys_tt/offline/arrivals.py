@@ -239,19 +239,25 @@ def held_out_ndcg(export: ExportFolder, users: _Users, world: ArrivalWorld, samp
 
 def paired_gain(runs: list[tuple[dict[str, float], dict[str, float]]], resamples: int = 2000,
                 seed: int = 0) -> dict[str, float]:
-    """Relative gain sum(policy - baseline) / sum(baseline) over (seed, user) pairs, with a 95% paired bootstrap
+    """Relative gain sum(policy - baseline) / sum(baseline) over (seed, user) pairs, and the difference per seed
+    sum(policy - baseline) / seeds (what remains when the baseline sums to 0), each with a 95% paired bootstrap
     interval: users are resampled within each seed. ``runs`` holds one (policy, baseline) pair of user -> value
     mappings per seed; a user missing from one side counts 0 there."""
     rng, parts = np.random.default_rng(seed), []
     for policy, baseline in runs:
         users = sorted(set(policy) | set(baseline))
         parts.append(np.array([[policy.get(u, 0.0), baseline.get(u, 0.0)] for u in users]).reshape(-1, 2))
-    draws = [_relative_gain([p[rng.integers(len(p), size=len(p))] for p in parts]) for _ in range(resamples)]
-    low, high = np.nanpercentile(draws, [2.5, 97.5])
-    return {"gain": _relative_gain(parts), "low": float(low), "high": float(high)}
+    draws = np.array([_gains([p[rng.integers(len(p), size=len(p))] for p in parts]) for _ in range(resamples)])
+    relative = draws[:, 0][~np.isnan(draws[:, 0])]  # NaN where a resample's baseline sums to 0
+    low, high = np.percentile(relative, [2.5, 97.5]) if len(relative) else (np.nan, np.nan)
+    low_difference, high_difference = np.percentile(draws[:, 1], [2.5, 97.5])
+    gain, difference = _gains(parts)
+    return {"gain": gain, "low": float(low), "high": float(high), "difference": difference,
+            "difference_low": float(low_difference), "difference_high": float(high_difference)}
 
 
-def _relative_gain(parts: list[np.ndarray]) -> float:
-    """(sum of column 0 - sum of column 1) / sum of column 1 over (n, 2) arrays."""
-    totals = sum(part.sum(axis=0) for part in parts)
-    return float((totals[0] - totals[1]) / totals[1]) if totals[1] else float("nan")
+def _gains(parts: list[np.ndarray]) -> tuple[float, float]:
+    """(relative gain, difference per part) of column 0 over column 1, summed over (n, 2) arrays."""
+    policy, baseline = sum(part.sum(axis=0) for part in parts)
+    relative = float((policy - baseline) / baseline) if baseline else float("nan")
+    return relative, float((policy - baseline) / len(parts))

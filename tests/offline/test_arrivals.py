@@ -35,6 +35,9 @@ def test_paired_gain_is_zero_for_equal_policies_and_counts_a_missing_user_as_zer
     assert (same["gain"], same["low"], same["high"]) == (0.0, 0.0, 0.0)
     more = paired_gain([({"a": 2, "b": 2, "c": 2}, {"a": 1, "b": 1})], resamples=200)
     assert more["gain"] == pytest.approx(2.0) and more["low"] <= 2.0 <= more["high"]
+    assert more["difference"] == pytest.approx(4.0) and more["difference_low"] <= 4.0 <= more["difference_high"]
+    new = paired_gain([({"a": 1}, {"a": 0, "b": 0}), ({"c": 3}, {})], resamples=200)  # from nothing: no ratio
+    assert np.isnan(new["gain"]) and new["difference"] == pytest.approx(2.0)  # 4 more over 2 seeds
 
 
 @pytest.mark.parametrize("text_prior", [True, False])
