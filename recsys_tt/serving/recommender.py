@@ -9,12 +9,14 @@ propensity log. The request contract is ``requests``.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import math
 import secrets
 import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,6 +42,20 @@ from recsys_tt.serving.uncertainty import ItemUncertainty, observed_interactions
 from recsys_tt.serving.user_vectors import BATCH_SIZE, Lru, UserVectors
 
 
+class _ServedSlate(NamedTuple):
+    """What /feedback checks a click against: a few hundred bytes, whatever the item ids' length."""
+
+    rows: np.ndarray  # int32 rows the slate showed
+    key: str | None  # whom the ignore memory counts it for
+
+
+def _digest(text: str, history: np.ndarray) -> bytes:
+    """A new user's cache key: 16 bytes whatever the text's length, so a cache entry's size is the vector's."""
+    digest = hashlib.blake2b(text.encode(), digest_size=16)
+    digest.update(np.asarray(history, dtype=np.int64).tobytes())
+    return digest.digest()
+
+
 @dataclass
 class User:
     """A request's user as the recommender resolved it."""
@@ -60,7 +76,7 @@ class Recommender:
         self.scorer, self.log = scorer, log
         self.log_error: str | None = None  # why the last log write failed, until one succeeds
         self.user_vectors = UserVectors(self.encode_users, self.config.cache_size)
-        self._served = Lru(self.config.feedback_window)  # request id -> (item ids its slate showed, memory key)
+        self._served = Lru(self.config.feedback_window)  # request id -> _ServedSlate
         exploration = self.config.exploration
         self.uncertainty = ItemUncertainty(observed_interactions(export.items), exploration.bonus_pseudo_count,
                                            exploration.impression_weight)
@@ -82,8 +98,9 @@ class Recommender:
         rows = self.export.item_rows
         slates = recent_slates(folder, self.config.feedback_window)
         for request_id, slate, key in slates:
-            self._served.put(request_id, (frozenset(slate), key))
-            self.ignored.shown(key, np.asarray([rows[i] for i in slate if i in rows], dtype=np.int64))
+            shown = np.asarray([rows[i] for i in slate if i in rows], dtype=np.int64)
+            self._served.put(request_id, _ServedSlate(shown.astype(np.int32), key))
+            self.ignored.shown(key, shown)
         self.uncertainty.observe(rows[i] for _, slate, _ in slates for i in slate if i in rows)  # one update
         if self.config.ignore_limit and slates:
             keys = {request_id: key for request_id, _, key in slates}
@@ -138,7 +155,7 @@ class Recommender:
         if self.log is not None:
             record = self._log_record(response, user, rows, scores, uncertainty, slate, shown, request.user_key)
             self._write_log(self.log.log_slate, record)
-            self._served.put(response["request_id"], (frozenset(self._item_ids[shown].tolist()), key))
+            self._served.put(response["request_id"], _ServedSlate(shown.astype(np.int32), key))
         self.uncertainty.observe(shown)
         self.ignored.shown(key, shown)
         return response
@@ -158,12 +175,12 @@ class Recommender:
         if served is None:
             raise UnknownRequestError(f"request_id {request_id!r} was not served by this recommender (or is older "
                                       f"than its last {self.config.feedback_window} slates).")
-        shown, key = served
-        if str(item_id) not in shown:
+        row = self.export.item_rows.get(str(item_id))
+        if row is None or row not in served.rows:
             raise ConflictError(f"item_id {item_id!r} was not in the slate of request {request_id!r}.")
         self._write_log(self.log.log_feedback, Feedback(request_id, str(item_id), float(reward), _now()))
         if reward > 0:
-            self.ignored.clicked(key, self.export.item_rows[str(item_id)])
+            self.ignored.clicked(served.key, row)
 
     def _write_log(self, write, record) -> None:
         """Writes a log record, or refuses the request: a slate that cannot be logged is not served, since off-policy
@@ -196,7 +213,7 @@ class Recommender:
             raise UnknownItemsError(f"None of the recent_item_ids are in the catalog ({unknown[:5]}) and there is "
                                     "no text.")
         text = request.text or ""
-        return User(("new", text, tuple(history.tolist())), None, history, text, unknown)
+        return User(("new", _digest(text, history)), None, history, text, unknown)
 
     def encode_users(self, users: list[User], batch_size: int = BATCH_SIZE) -> list[np.ndarray]:
         """User vectors in the order given: dataset users with all their history, new users from text + items."""

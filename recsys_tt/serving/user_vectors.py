@@ -86,22 +86,28 @@ class UserVectors:
             self.cache.put(user.cache_key, vector)
 
     def _encode_misses(self) -> None:
-        """The encoder thread: encodes every queued miss in one batch, again and again; each waiting request gets its
-        vector, or the batch's error, from its future."""
-        while True:
-            with self._misses:
-                while not self._queued:
-                    self._misses.wait()
-                users, self._queued = self._queued, []
-            try:
-                vectors, error = self.encode(users, BATCH_SIZE), None
-            except Exception as failure:  # noqa: BLE001 (handed to every request of the batch)
-                vectors, error = None, failure
-            with self._misses:
-                for i, user in enumerate(users):
-                    future = self._pending.pop(user.cache_key)
-                    if error is not None:
-                        future.set_exception(error)
-                    else:
-                        self.cache.put(user.cache_key, vectors[i])
-                        future.set_result(vectors[i])
+        """The encoder thread: encodes every queued miss in one batch, again and again."""
+        while True:  # no local names: nothing of a request (its text) is held while the next batch may be hours away
+            self._answer(self._next_batch())
+
+    def _next_batch(self) -> list[CachedUser]:
+        with self._misses:
+            while not self._queued:
+                self._misses.wait()
+            users, self._queued = self._queued, []
+        return users
+
+    def _answer(self, users: list[CachedUser]) -> None:
+        """Each waiting request gets its vector, or the batch's error, from its future."""
+        try:
+            vectors, error = self.encode(users, BATCH_SIZE), None
+        except Exception as failure:  # noqa: BLE001 (handed to every request of the batch)
+            vectors, error = None, failure
+        with self._misses:
+            for i, user in enumerate(users):
+                future = self._pending.pop(user.cache_key)
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    self.cache.put(user.cache_key, vectors[i])
+                    future.set_result(vectors[i])

@@ -539,3 +539,32 @@ def test_an_adaptive_boost_on_the_largest_temperature_stays_finite():
     assert config.user_temperature(0) == MAX_TEMPERATURE
     with pytest.raises(ValueError, match="temperature=1e\\+308"):
         ExplorationConfig(temperature=1e308)
+
+
+def test_what_a_server_keeps_per_new_user_does_not_grow_with_their_text(recommender):
+    """The user-vector cache and the feedback window keep a digest and rows, not the text and item ids, so a client
+    sending long texts costs a fixed amount per entry (serving.cache_size and feedback_window bound the count)."""
+    import gc
+    import itertools
+    import tracemalloc
+
+    new_users = itertools.count()
+
+    def kept_per_user(text_chars: int, users: int = 150) -> float:
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        for _ in range(users):  # each text dies with its request, as in a server
+            text = f"{next(new_users)} " + "\U0001F3AC" * text_chars
+            recommender.recommend(RecommendRequest(text=text, k=5, seed=0))
+            del text
+        gc.collect()
+        grown = sum(stat.size_diff for stat in tracemalloc.take_snapshot().compare_to(before, "filename"))
+        tracemalloc.stop()
+        return grown / users
+
+    kept_per_user(4_990)  # the first requests allocate what every later one reuses
+    short, long = kept_per_user(10), kept_per_user(4_990)  # about 5,000 emoji: a 20 KB string each
+    vector_bytes = recommender.export.vectors.shape[1] * 4
+    assert long < short + 500, (short, long)
+    assert long < vector_bytes + 1_500, long
