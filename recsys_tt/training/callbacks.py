@@ -67,6 +67,16 @@ class ProgressLog(pl.Callback):
                  "" if recall is None else f", Recall@10 {float(recall):.4f}", *self.best)
 
 
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        stopper = trainer.early_stopping_callback
+        if stopper is None or not trainer.is_global_zero or trainer.global_step >= trainer.max_steps > 0 \
+                or stopper.wait_count < stopper.patience:
+            return
+        log.info("Stopped early at step %d of %d: %s has not improved on %.4f in %d validations "
+                 "(EarlyStopping.patience).", trainer.global_step, trainer.max_steps, stopper.monitor,
+                 float(stopper.best_score), stopper.wait_count)
+
+
 class PlotCurves(pl.Callback):
     """Writes ``curves.png`` into the CSV logger's folder at the end of ``fit``."""
 

@@ -173,6 +173,26 @@ def test_training_logs_plain_progress_lines_with_a_whole_run_eta(tmp_path, tiny_
         main(_args(tmp_path, tiny_dataset, tiny_bert, 3, "--progress_log.every_s", "0"))
 
 
+
+@pytest.mark.parametrize("config", ["ml100k_minilm", "ml1m_minilm", "beauty_minilm", "games_minilm"])
+def test_shipped_cpu_configs_stop_once_validation_stops_improving(config):
+    import yaml
+
+    callbacks = yaml.safe_load(Path(f"configs/{config}.yaml").read_text())["trainer"]["callbacks"]
+    stoppers = [c["init_args"] for c in callbacks if c["class_path"].endswith("EarlyStopping")]
+    assert stoppers == [{"monitor": "val/ndcg@10", "mode": "max", "patience": 3}]
+
+
+def test_a_run_stops_early_and_says_so(tmp_path, tiny_dataset, tiny_bert, caplog):
+    caplog.set_level("INFO", logger="recsys_tt")
+    never_improves = ('[{"class_path": "pytorch_lightning.callbacks.EarlyStopping", "init_args": {"monitor": '
+                      '"val/ndcg@10", "mode": "max", "patience": 1, "min_delta": 2.0}}]')
+    cli = main(_args(tmp_path, tiny_dataset, tiny_bert, 20, "--trainer.callbacks+", never_improves,
+                     "--test_after_fit", "false"))
+    assert cli.trainer.global_step == 4  # validations at steps 2 and 4; the second is the first without improvement
+    assert any(re.fullmatch(r"Stopped early at step 4 of 20: val/ndcg@10 has not improved on -?\d\.\d{4} in 1 "
+                            r"validations \(EarlyStopping.patience\)\.", r.getMessage()) for r in caplog.records)
+
 def test_sigterm_is_a_failure_that_says_where_to_resume(tmp_path, tiny_dataset, tiny_bert):
     import subprocess
     import sys
