@@ -30,6 +30,14 @@ def tiny_bert(tmp_path_factory) -> str:
     return str(folder)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_pytest_arguments():
+    """Session fixtures (a trained run) call entry points before any test's own argv is set."""
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    yield
+    sys.argv = argv
+
+
 @pytest.fixture(autouse=True)
 def _as_from_the_command_line(monkeypatch):
     """Entry points called by tests see no pytest arguments as theirs, and libraries' noise is silenced as every

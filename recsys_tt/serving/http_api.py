@@ -221,6 +221,13 @@ def _route(request: Request) -> str:
     return getattr(route, "path", None) or "unmatched"
 
 
+# How a client (or a stateful fuzzer) goes from a served slate to its feedback: OpenAPI links.
+_FEEDBACK_LINK = {"Feedback": {
+    "operationId": "feedback", "description": "A click on the slate's first item.",
+    "requestBody": {"request_id": "$response.body#/request_id", "item_id": "$response.body#/items/0/item_id",
+                    "reward": 1}}}
+
+
 def create_app(recommender: Recommender) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -268,15 +275,17 @@ def create_app(recommender: Recommender) -> FastAPI:
 
     recommend_body, feedback_body = request_bodies(recommender.config, len(recommender.export.items))
 
-    @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_unset=True, responses={
-        **_ERRORS, 404: {"model": ErrorBody, "description": "Unknown user_id, or none of a new user's recent_item_ids "
+    @app.post("/recommend", operation_id="recommend", response_model=RecommendResponse,
+              response_model_exclude_unset=True, responses={
+        **_ERRORS, 200: {"links": _FEEDBACK_LINK},
+        404: {"model": ErrorBody, "description": "Unknown user_id, or none of a new user's recent_item_ids "
                          "(without text) known."},
         409: {"model": ErrorBody, "description": "Every item is excluded."}})
     def recommend(body: recommend_body) -> dict:
         """A slate of ``k`` items with scores, propensities and explanations; logged when a log folder is set."""
         return recommender.recommend(RecommendRequest(**body.model_dump()))
 
-    @app.post("/feedback", response_model=FeedbackResponse, responses={
+    @app.post("/feedback", operation_id="feedback", response_model=FeedbackResponse, responses={
         **_ERRORS, 404: {"model": ErrorBody, "description": "A request_id this server did not serve, or too long ago "
                          "to remember."},
         409: {"model": ErrorBody, "description": "The server keeps no log, or the item was not in that slate."}})

@@ -436,6 +436,26 @@ def test_the_openapi_document_matches_what_the_server_sends(recommender):
     assert metrics.headers["content-type"].startswith("text/plain")
 
 
+def _runtime_value(response_body, expression):
+    """What an OpenAPI link's "$response.body#/a/0/b" names in a response body; any other value as it is."""
+    if not (isinstance(expression, str) and expression.startswith("$response.body#/")):
+        return expression
+    for part in expression.split("#/", 1)[1].split("/"):
+        response_body = response_body[int(part)] if isinstance(response_body, list) else response_body[part]
+    return response_body
+
+
+def test_the_openapi_link_from_a_slate_to_its_feedback_works_as_written(recommender):
+    with TestClient(create_app(recommender)) as client:
+        spec = client.get("/openapi.json").json()
+        link = spec["paths"]["/recommend"]["post"]["responses"]["200"]["links"]["Feedback"]
+        target = {op["operationId"]: path for path, ops in spec["paths"].items() for op in ops.values()}
+        served = client.post("/recommend", json={"user_id": "u1", "k": 3}).json()
+        body = {name: _runtime_value(served, value) for name, value in link["requestBody"].items()}
+        answer = client.post(target[link["operationId"]], json=body)
+    assert body["item_id"] == served["items"][0]["item_id"] and answer.status_code == 200, answer.text
+
+
 LIMITED = replace(EXPLORING, max_k=5, max_text_chars=20, max_recent_items=3, max_exclude=4, max_abs_reward=10.0)
 RECOMMEND_BODIES = [
     {"user_id": "u1"}, {"user_id": "u1", "k": 5}, {"user_id": "u1", "k": 6}, {"user_id": "u1", "k": 0},
