@@ -104,22 +104,29 @@ class _RotatingJsonl:
             stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%f")
             path = self.folder / f"{self.prefix}-{stamp}-{os.getpid()}.jsonl"
             self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (held open across writes)
+        whole = self.file.tell()
         try:
             self.file.write(json.dumps(record, allow_nan=False, ensure_ascii=False) + "\n")  # UTF-8, not \u escapes
             self.file.flush()
             if self.fsync:
                 os.fsync(self.file.fileno())
         except OSError:
-            # A full disk can leave part of the line written. Never append to it: the next record starts a new file,
-            # so a torn line can only be the last of its file, which readers skip.
-            self._abandon()
+            self._abandon(whole)
             raise
         return started
 
-    def _abandon(self) -> None:
+    def _abandon(self, whole: int) -> None:
+        """A full disk can leave part of a record written: cut the file back to its last whole record (truncating
+        needs no space; a file with none is removed). Should that fail too, the next record still starts a new file,
+        so a torn line can only be the last of its file, which readers skip."""
         file, self.file = self.file, None
         with contextlib.suppress(OSError):  # its buffer cannot be written either
             file.close()
+        with contextlib.suppress(OSError):
+            if whole:
+                os.truncate(file.name, whole)
+            else:
+                os.unlink(file.name)
 
     def close(self) -> None:
         if self.file is not None:

@@ -225,7 +225,7 @@ def test_log_lines_are_utf8_not_escapes(tmp_path):
     assert read_feedback(tmp_path)["item_id"].tolist() == ["Crème brûlée 🎉"]
 
 
-def test_a_write_the_disk_cut_short_leaves_no_record_torn_for_good(tmp_path, caplog):
+def test_a_write_the_disk_cut_short_leaves_no_torn_record(tmp_path, caplog):
     import errno
 
     log = PropensityLog(tmp_path)
@@ -247,9 +247,13 @@ def test_a_write_the_disk_cut_short_leaves_no_record_torn_for_good(tmp_path, cap
     log.log_feedback(Feedback("r3", "c", 1.0, "2026-01-01T00:00:02+00:00"))  # space is back
     log.close()
     caplog.set_level("WARNING")
+    files = sorted(tmp_path.glob("feedback-*.jsonl"))
+    assert all(f.read_text().endswith("\n") for f in files)  # the half-written record was cut off again
+    assert read_feedback(tmp_path)["request_id"].tolist() == ["r1", "r3"] and not caplog.records
+    torn = files[0]
+    torn.write_text(torn.read_text() + '{"request_id": "r')  # what a crash mid-write leaves
     assert read_feedback(tmp_path)["request_id"].tolist() == ["r1", "r3"]
     assert any("line 2: a record cut short" in r.getMessage() for r in caplog.records)
-    torn = next(p for p in sorted(tmp_path.glob("feedback-*.jsonl")))
     torn.write_text(torn.read_text() + "\n" + json.dumps({"request_id": "r4"}) + "\n")  # a bad line mid-file
     with pytest.raises(ValueError, match="line 2: not valid JSON"):
         read_feedback(tmp_path)
