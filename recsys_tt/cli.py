@@ -47,11 +47,14 @@ class _NoTips(logging.Filter):
 
 def quiet_library_noise() -> None:
     """Silences what the libraries print that a user cannot act on (every entry point calls it)."""
+    from transformers.utils import logging as transformers_logging  # here, so importing this module stays light
+
     for message in _NOISE:
         warnings.filterwarnings("ignore", message=message)
     rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     if not any(isinstance(f, _NoTips) for f in rank_zero.filters):
         rank_zero.addFilter(_NoTips())
+    transformers_logging.disable_progress_bar()  # "Loading weights": a bar in a log file for under a second
 
 
 def document_options() -> None:
