@@ -276,5 +276,6 @@ def test_lightning_prints_nothing_a_user_cannot_act_on(tmp_path, tiny_dataset, t
                    "--trainer.enable_model_summary", "true"))
     printed = capfd.readouterr()
     assert "Tip" not in printed.out + printed.err + caplog.text  # a hosted logger's advertising
+    assert "Loading weights" not in printed.err  # transformers' bar for a sub-second load
     noise = [str(w.message) for w in caught if "LeafSpec" in str(w.message) or "model summary" in str(w.message)]
     assert not noise
