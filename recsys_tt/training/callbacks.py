@@ -26,7 +26,8 @@ class ProgressLog(pl.Callback):
     """Every ``every_s`` seconds of training, one line: step / total, loss, targets/s, elapsed and whole-run ETA;
     after each validation, one line with its NDCG@10 and Recall@10 and the best so far.
 
-    The ETA extrapolates the seconds per step since this fit started (validation included) to ``max_steps``.
+    The ETA extrapolates the seconds per step since this fit started (validation included) to ``max_steps``; once a
+    validation has run, the line adds what testing all users would take at its pace.
     """
 
     def __init__(self, every_s: float = 60.0) -> None:
@@ -36,6 +37,9 @@ class ProgressLog(pl.Callback):
         self.started = self.last = 0.0
         self.first_step = self.targets = 0
         self.best: tuple[float, int] | None = None  # (validation NDCG@10, step)
+        self.validation_started = 0.0
+        self.seconds_per_user: float | None = None  # of the last validation
+        self.test_users: int | None = None
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self.started = self.last = time.monotonic()
@@ -51,14 +55,26 @@ class ProgressLog(pl.Callback):
         total = trainer.max_steps if trainer.max_steps > 0 else int(trainer.estimated_stepping_batches)
         loss = trainer.callback_metrics.get("train/loss")
         eta = elapsed / max(done, 1) * max(total - trainer.global_step, 0)
-        log.info("step %d/%d (%.0f%%), loss %s, %.0f targets/s, elapsed %s, ETA %s", trainer.global_step, total,
+        log.info("step %d/%d (%.0f%%), loss %s, %.0f targets/s, elapsed %s, ETA %s%s", trainer.global_step, total,
                  100 * trainer.global_step / max(total, 1), "n/a" if loss is None else f"{float(loss):.4f}",
-                 float(self.targets) / elapsed, _clock(elapsed), _clock(eta))
+                 float(self.targets) / elapsed, _clock(elapsed), _clock(eta), self._test_estimate(trainer))
+
+    def _test_estimate(self, trainer: pl.Trainer) -> str:
+        if self.seconds_per_user is None or getattr(trainer, "datamodule", None) is None:
+            return ""
+        if self.test_users is None:
+            self.test_users = len(trainer.datamodule.test_dataloader().dataset)
+        return f", then about {_clock(self.seconds_per_user * self.test_users)} to test {self.test_users} users"
+
+    def on_validation_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.validation_started = time.monotonic()
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         metrics = trainer.callback_metrics
         if trainer.sanity_checking or not trainer.is_global_zero or "val/ndcg@10" not in metrics:
             return
+        users = sum(len(loader.dataset) for loader in _loaders(trainer.val_dataloaders))
+        self.seconds_per_user = (time.monotonic() - self.validation_started) / max(users, 1)
         ndcg, step = float(metrics["val/ndcg@10"]), trainer.global_step
         if self.best is None or ndcg > self.best[0]:
             self.best = (ndcg, step)
@@ -75,6 +91,10 @@ class ProgressLog(pl.Callback):
         log.info("Stopped early at step %d of %d: %s has not improved on %.4f in %d validations "
                  "(EarlyStopping.patience).", trainer.global_step, trainer.max_steps, stopper.monitor,
                  float(stopper.best_score), stopper.wait_count)
+
+
+def _loaders(loaders) -> list:
+    return loaders if isinstance(loaders, list) else [loaders]
 
 
 class PlotCurves(pl.Callback):

@@ -156,11 +156,14 @@ def test_predict_is_not_offered(capsys):
 
 def test_training_logs_plain_progress_lines_with_a_whole_run_eta(tmp_path, tiny_dataset, tiny_bert, caplog):
     caplog.set_level("INFO", logger="recsys_tt")
-    main(_args(tmp_path, tiny_dataset, tiny_bert, 3, "--progress_log.every_s", "1e-9", "--test_after_fit", "false"))
+    cli = main(_args(tmp_path, tiny_dataset, tiny_bert, 3, "--progress_log.every_s", "1e-9", "--test_after_fit",
+                     "false"))
     lines = [r.getMessage() for r in caplog.records  # ProgressLog's lines (PlotCurves logs in the same module)
              if r.name == "recsys_tt.training.callbacks" and r.funcName == "on_train_batch_end"]
     assert [line.split(" (")[0] for line in lines] == ["step 1/3", "step 2/3", "step 3/3"]
-    assert all(re.search(r"loss \d+\.\d{4}, \d+ targets/s, elapsed 0:00:\d\d, ETA 0:00:\d\d$", line) for line in lines)
+    assert all(re.search(r"loss \d+\.\d{4}, \d+ targets/s, elapsed 0:00:\d\d, ETA 0:00:\d\d", line) for line in lines)
+    test_users = len(cli.datamodule.test_dataloader().dataset)  # after the validation at step 2, the test's ETA:
+    assert [line.endswith(f", then about 0:00:00 to test {test_users} users") for line in lines] == [False, False, True]
     validations = [r.getMessage() for r in caplog.records if r.funcName == "on_validation_end"]
     assert len(validations) == 1  # val_check_interval 2 of 3 steps
     ndcg = float(pd.read_csv(tmp_path / "ml100k_minilm" / "version_0" / "metrics.csv")["val/ndcg@10"].dropna().iloc[0])
