@@ -60,7 +60,6 @@ def _slice(movielens, folder, users: int) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items()}
 
 
-
 # Plain peft, as the model card shows a user, reports the unused pooler's adapter keys: adapters/README.md says why.
 @pytest.mark.filterwarnings("ignore:Found missing adapter keys while loading the checkpoint.*pooler")
 def test_minilm_fine_tunes_on_a_movielens_slice(movielens, tmp_path, monkeypatch):
