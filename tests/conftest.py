@@ -32,17 +32,16 @@ def tiny_bert(tmp_path_factory) -> str:
 
 @pytest.fixture(autouse=True, scope="session")
 def _no_pytest_arguments():
-    """Session fixtures (a trained run) call entry points before any test's own argv is set."""
+    """Entry points called by tests, session fixtures' included, see no pytest arguments as theirs (a test that
+    sets sys.argv itself does so with monkeypatch, which restores this)."""
     argv, sys.argv = sys.argv, sys.argv[:1]
     yield
     sys.argv = argv
 
 
 @pytest.fixture(autouse=True)
-def _as_from_the_command_line(monkeypatch):
-    """Entry points called by tests see no pytest arguments as theirs, and libraries' noise is silenced as every
-    command line silences it."""
-    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+def _quiet_as_from_the_command_line():
+    """Libraries' noise is silenced as every command line silences it (pytest resets warning filters per test)."""
     quiet_library_noise()
 
 

@@ -35,7 +35,7 @@ def _new_items(path: str | Path, existing: dict[str, int]) -> pd.DataFrame:
 def add_items(export_dir: str | Path, items_file: str | Path) -> dict:
     """Encodes new items with the export's item tower and appends them to the index, vectors and tables, replacing
     the folder atomically. Having no trained id vector, each new item gets the one its text predicts
-    (``TwoTower.predict_item_ids``) where the model has id vectors; else its vector is its text vector."""
+    (``TwoTower.predicted_item_ids``) where the model has id vectors; else its vector is its text vector."""
     export = ExportFolder.load(export_dir)
     new = _new_items(items_file, export.item_rows)
     texts = render_table(export.templates.item, new, "item")

@@ -82,7 +82,6 @@ class ProgressLog(pl.Callback):
         log.info("validation at step %d: NDCG@10 %.4f%s (best %.4f at step %d)", step, ndcg,
                  "" if recall is None else f", Recall@10 {float(recall):.4f}", *self.best)
 
-
     def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         stopper = trainer.early_stopping_callback
         if stopper is None or not trainer.is_global_zero or trainer.global_step >= trainer.max_steps > 0 \
