@@ -5,11 +5,13 @@
     python scripts/simulate_arrivals.py --export exports/games --seeds '[0, 1, 2]'
 
 The export must come from a run with ``data.before`` (the cut) on a dataset with real timestamps; its data settings
-name the interactions and items. recsys_tt/offline/arrivals.py describes a round. Every policy of ARRIVAL_POLICIES
-(recsys_tt/offline/policies.py) runs on the same world, users and seeds; the first is the baseline. Writes under
+name the interactions and items. recsys_tt/offline/arrivals.py describes a round. Every arrival policy
+(recsys_tt/offline/policies.py; --directed sets the directed ones' exploration) runs on the same world, users and
+seeds; the first is the baseline. Writes under
 --out one JSON per seed and policy (as each finishes), arrivals.json (the comparison: paired bootstrap intervals
 over (seed, user) pairs), arrivals.png, and prints the table. A (seed, policy) that finished with the same
-settings is read back instead of run again, so an interrupted run resumes and seeds run apart combine.
+settings and policy is read back instead of run again, so an interrupted run resumes, seeds run apart combine,
+and trying another --directed reruns only the directed policies.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +30,9 @@ from recsys_tt.data.tables import cut_seconds, parse_timestamps, read_ids
 from recsys_tt.export.folder import ExportFolder
 from recsys_tt.offline.arrivals import ArrivalConfig, ArrivalWorld, paired_gain, run_arrivals
 from recsys_tt.offline.item_refresh import RefreshConfig
-from recsys_tt.offline.policies import ARRIVAL_POLICIES, slug
+from recsys_tt.offline.policies import DIRECTED, ArrivalPolicy, arrival_policies, slug
 from recsys_tt.plots import plot_arrivals
+from recsys_tt.serving.explore import ExplorationConfig
 
 
 def _world_tables(export: ExportFolder) -> tuple:
@@ -57,11 +61,11 @@ def _finished(path: Path, settings: dict) -> dict | None:
     return result if result.pop("settings", None) == settings else None
 
 
-def compare(results: dict[int, dict[str, dict]]) -> dict[str, dict]:
+def compare(results: dict[int, dict[str, dict]], policies: tuple[ArrivalPolicy, ...]) -> dict[str, dict]:
     """Each policy against the first: paired gains in clicks, released-item clicks and held-out NDCG@10 over
     (seed, user), and coverage per seed."""
-    baseline, out = ARRIVAL_POLICIES[0].name, {}
-    for policy in ARRIVAL_POLICIES[1:]:
+    baseline, out = policies[0].name, {}
+    for policy in policies[1:]:
         name, seeds = policy.name, [s for s in results if {policy.name, baseline} <= set(results[s])]
         if not seeds:
             continue
@@ -81,10 +85,11 @@ def _both(first: dict[str, float], second: dict[str, float]) -> tuple[dict[str, 
     return {u: first[u] for u in common}, {u: second[u] for u in common}
 
 
-def print_table(results: dict[int, dict[str, dict]], comparison: dict[str, dict]) -> None:
+def print_table(results: dict[int, dict[str, dict]], comparison: dict[str, dict],
+                policies: tuple[ArrivalPolicy, ...]) -> None:
     print(f"\n{'policy':<46} {'clicks/user':>11} {'released':>9} {'coverage':>9} {'NDCG@10':>8}   vs "
-          f"{ARRIVAL_POLICIES[0].name}: clicks, released clicks, coverage, NDCG@10 (95% paired intervals)")
-    for policy in ARRIVAL_POLICIES:
+          f"{policies[0].name}: clicks, released clicks, coverage, NDCG@10 (95% paired intervals)")
+    for policy in policies:
         runs = [r[policy.name] for r in results.values() if policy.name in r]
         if not runs:
             continue
@@ -108,7 +113,7 @@ def _gain(gain: dict[str, float]) -> str:
 
 def main(export: str, seeds: list[int] | None = None, rounds: int = 10, users_per_round: int = 1000, k: int = 10,
          satiation: float = 0.5, ignore_limit: int = 3, refresh_steps: int = 30, prior_precision: float = 20.0,
-         eval_users: int = 2000,
+         eval_users: int = 2000, directed: ExplorationConfig = DIRECTED,
          policies: list[str] | None = None, out: str = "runs/arrivals") -> None:
     """Run every arrival policy on the same world for each seed.
 
@@ -123,14 +128,16 @@ def main(export: str, seeds: list[int] | None = None, rounds: int = 10, users_pe
         refresh_steps: L-BFGS iterations of each round's refresh of the item vectors from the log so far.
         prior_precision: how strongly a refresh keeps each item vector where it was.
         eval_users: users whose held-out last item measures NDCG@10 after each round.
-        policies: run only these names of ARRIVAL_POLICIES (default: all).
+        directed: the exploration of the directed policies (default: recsys_tt.offline.policies.DIRECTED).
+        policies: run only these names of the arrival policies (default: all).
         out: output folder (a policy's export and log are replaced when it runs; finished ones are kept).
     """
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("recsys_tt.offline.arrivals").setLevel(logging.INFO)  # a line per round
-    chosen = [p for p in ARRIVAL_POLICIES if policies is None or p.name in policies]
+    every = arrival_policies(directed)
+    chosen = [p for p in every if policies is None or p.name in policies]
     if policies is not None and len(chosen) != len(policies):
-        raise ValueError(f"policies must be names of {[p.name for p in ARRIVAL_POLICIES]}, got {policies}.")
+        raise ValueError(f"policies must be names of {[p.name for p in every]}, got {policies}.")
     base = ExportFolder.load(export)
     interactions, items, cut = _world_tables(base)
     config = ArrivalConfig(rounds, users_per_round, k, satiation, ignore_limit,
@@ -146,16 +153,17 @@ def main(export: str, seeds: list[int] | None = None, rounds: int = 10, users_pe
         results[seed] = {}
         for policy in chosen:
             began, folder = time.perf_counter(), root / f"seed{seed}" / slug(policy.name)
-            done = _finished(folder / "result.json", settings)
+            ran_with = {**settings, "policy": asdict(policy)}  # another directed setting leaves the others' runs valid
+            done = _finished(folder / "result.json", ran_with)
             if done is not None:  # a resumed run: this seed and policy ran with these settings
                 results[seed][policy.name] = done
                 continue
             results[seed][policy.name] = run_arrivals(world, items, Path(export), policy, config, folder, seed)
-            (folder / "result.json").write_text(json.dumps({"settings": settings, **results[seed][policy.name]}))
+            (folder / "result.json").write_text(json.dumps({"settings": ran_with, **results[seed][policy.name]}))
             print(f"seed {seed}, {policy.name}: {time.perf_counter() - began:.0f}s", flush=True)
-    comparison = compare(results)
-    print_table(results, comparison)
-    summary = {"settings": {**settings, "seeds": seeds or [0]}, "comparison": comparison,
+    comparison = compare(results, every)
+    print_table(results, comparison, every)
+    summary = {"settings": {**settings, "seeds": seeds or [0], "directed": asdict(directed)}, "comparison": comparison,
                "rounds": {seed: {name: r["rounds"] for name, r in by_policy.items()}
                           for seed, by_policy in results.items()}}
     (root / "arrivals.json").write_text(json.dumps(summary, indent=2))

@@ -92,10 +92,17 @@ _EXPLORING_HEAD = ExplorationConfig(temperature=0.02, head=3)
 DIRECTED = replace(_EXPLORING_HEAD, bonus=0.3)
 """Chosen on a separate seed (99, 4 rounds of 500 users) from bonus 0.2-0.5 with pseudo-count 1 and bonus 0.2 with
 pseudo-count 10 (docs/arrivals_log.md); configs/serve_directed.yaml serves it."""
-ARRIVAL_POLICIES = (
-    ArrivalPolicy("greedy + retraining", GREEDY, log_impressions=0.0),
-    ArrivalPolicy("temperature + retraining", _EXPLORING_HEAD, log_impressions=0.0),
-    ArrivalPolicy("directed + impression-aware retraining", DIRECTED, log_impressions=1.0),
-    ArrivalPolicy("directed + impression-aware, no text prior", DIRECTED, log_impressions=1.0, text_prior=False),
-)
-"""What scripts/simulate_arrivals.py compares: the first is the baseline, the last isolates the text prior."""
+
+
+def arrival_policies(directed: ExplorationConfig = DIRECTED) -> tuple[ArrivalPolicy, ...]:
+    """What scripts/simulate_arrivals.py compares: the first is the baseline, the last isolates the text prior;
+    ``directed`` is the exploration of the two directed policies."""
+    return (ArrivalPolicy("greedy + retraining", GREEDY, log_impressions=0.0),
+            ArrivalPolicy("temperature + retraining", _EXPLORING_HEAD, log_impressions=0.0),
+            ArrivalPolicy("directed + impression-aware retraining", directed, log_impressions=1.0),
+            ArrivalPolicy("directed + impression-aware, no text prior", directed, log_impressions=1.0,
+                          text_prior=False))
+
+
+ARRIVAL_POLICIES = arrival_policies()
+"""The arrival policies at the chosen directed settings (``DIRECTED``)."""

@@ -1,12 +1,14 @@
-"""scripts/simulate_arrivals.py on the tiny world: one comparison table, JSON and plot; finished runs are reused."""
+"""scripts/simulate_arrivals.py on the tiny world: one comparison table, JSON and plot; finished runs are reused,
+and another directed setting reruns only the directed policies."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
-from recsys_tt.offline.policies import ARRIVAL_POLICIES
+from recsys_tt.offline.policies import ARRIVAL_POLICIES, DIRECTED, slug
 from tests.helpers import load_script
 
 POLICIES = [ARRIVAL_POLICIES[0].name, ARRIVAL_POLICIES[2].name]  # greedy and directed
@@ -27,6 +29,11 @@ def test_a_comparison_writes_its_table_json_and_plot_and_resumes(before_export, 
     written = result.stat().st_mtime_ns
     simulate.main(**args)  # the same settings: read back, not run again
     assert result.stat().st_mtime_ns == written
+    directed = tmp_path / "seed1" / slug(POLICIES[1]) / "result.json"
+    directed_written = directed.stat().st_mtime_ns
+    simulate.main(**{**args, "directed": replace(DIRECTED, bonus=0.5)})  # only the directed policy runs again
+    assert result.stat().st_mtime_ns == written and directed.stat().st_mtime_ns != directed_written
+    assert json.loads(directed.read_text())["settings"]["policy"]["exploration"]["bonus"] == 0.5
     simulate.main(**{**args, "seeds": [1], "satiation": 0.9})  # other settings: run again
     assert result.stat().st_mtime_ns != written
 
