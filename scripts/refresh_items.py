@@ -16,7 +16,8 @@ from recsys_tt.offline.item_refresh import RefreshConfig, refresh_item_vectors
 
 
 def main(export: str, logs: str, steps: int = 30, prior_precision: float = 20.0, log_impressions: float = 1.0,
-         examination: list[float] | None = None, max_slates: int | None = None, skip_orphans: bool = False) -> None:
+         examination: list[float] | None = None, max_slates: int | None = None, skip_orphans: bool = False,
+         cold_offset: bool = True) -> None:
     """Refresh the item vectors of ``export`` from the propensity log folder ``logs``.
 
     Args:
@@ -28,8 +29,11 @@ def main(export: str, logs: str, steps: int = 30, prior_precision: float = 20.0,
         examination: P(a user looks at position j), one number per position; default 1 / log2(j + 1).
         max_slates: learn from the most recent slates only, at most this many.
         skip_orphans: skip (and count) clicks whose slates the log's retention deleted, instead of refusing them.
+        cold_offset: also fit one offset shared by every item without training interactions (added items included),
+            so what the log says of the new items it showed moves the others, and items added later start from it.
     """
-    config = RefreshConfig(steps, prior_precision, log_impressions, examination, max_slates, skip_orphans)
+    config = RefreshConfig(steps, prior_precision, log_impressions, examination, max_slates, skip_orphans,
+                           cold_offset)
     print(json.dumps(refresh_item_vectors(export, logs, config)))
 
 

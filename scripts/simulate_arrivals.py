@@ -113,7 +113,7 @@ def _gain(gain: dict[str, float]) -> str:
 
 def main(export: str, seeds: list[int] | None = None, rounds: int = 10, users_per_round: int = 1000, k: int = 10,
          satiation: float = 0.5, ignore_limit: int = 3, refresh_steps: int = 30, prior_precision: float = 20.0,
-         eval_users: int = 2000, directed: ExplorationConfig = DIRECTED,
+         cold_offset: bool = True, eval_users: int = 2000, directed: ExplorationConfig = DIRECTED,
          policies: list[str] | None = None, out: str = "runs/arrivals") -> None:
     """Run every arrival policy on the same world for each seed.
 
@@ -127,6 +127,7 @@ def main(export: str, seeds: list[int] | None = None, rounds: int = 10, users_pe
         ignore_limit: the server stops showing an item a user skipped this many times (every policy).
         refresh_steps: L-BFGS iterations of each round's refresh of the item vectors from the log so far.
         prior_precision: how strongly a refresh keeps each item vector where it was.
+        cold_offset: refreshes also fit one offset shared by every item placed by its text (released ones included).
         eval_users: users whose held-out last item measures NDCG@10 after each round.
         directed: the exploration of the directed policies (default: recsys_tt.offline.policies.DIRECTED).
         policies: run only these names of the arrival policies (default: all).
@@ -140,14 +141,14 @@ def main(export: str, seeds: list[int] | None = None, rounds: int = 10, users_pe
         raise ValueError(f"policies must be names of {[p.name for p in every]}, got {policies}.")
     base = ExportFolder.load(export)
     interactions, items, cut = _world_tables(base)
-    config = ArrivalConfig(rounds, users_per_round, k, satiation, ignore_limit,
-                           RefreshConfig(refresh_steps, prior_precision, max_slates=20_000), eval_users)
+    refresh = RefreshConfig(refresh_steps, prior_precision, max_slates=20_000, cold_offset=cold_offset)
+    config = ArrivalConfig(rounds, users_per_round, k, satiation, ignore_limit, refresh, eval_users)
     world = ArrivalWorld.build(interactions, cut, rounds, set(base.item_ids))
     print(f"{len(world.release)} items arrive over {rounds} rounds; {len(world.wanted)} users with later items "
           f"({sum(not h for h in world.start.values())} arrive after the cut)", flush=True)
     settings = {"export": str(Path(export).resolve()), "rounds": rounds, "users_per_round": users_per_round, "k": k,
                 "satiation": satiation, "ignore_limit": ignore_limit, "refresh_steps": refresh_steps,
-                "prior_precision": prior_precision, "eval_users": eval_users}
+                "prior_precision": prior_precision, "cold_offset": cold_offset, "eval_users": eval_users}
     root, results = Path(out), {}
     for seed in seeds or [0]:
         results[seed] = {}

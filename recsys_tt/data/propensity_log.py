@@ -21,10 +21,11 @@ from pathlib import Path
 import pandas as pd
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 3  # of impression lines; lines written before it was recorded are version 1
+SCHEMA_VERSION = 4  # of impression lines; lines written before it was recorded are version 1
 # Version 2 added the user as served (user_text, history_ids), what training from logs reads; version 1 lines still
 # serve off-policy evaluation. Version 3 added directed exploration (bonus, candidate_uncertainty) and user_key.
-READABLE_VERSIONS = (1, 2, 3)
+# Version 4 added catalog_size, so that learning from a slate ranks it against the catalog it was served from.
+READABLE_VERSIONS = (1, 2, 3, 4)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Impression:
     bonus: float = 0.0  # directed exploration: sampled scores are candidate_scores + bonus x candidate_uncertainty
     candidate_uncertainty: list[float] | None = None  # per candidate (version 3; None when bonus is 0)
     user_key: str | None = None  # a new user's key across requests (version 3)
+    catalog_size: int | None = None  # items the slate was chosen from: rows 0 to catalog_size - 1 (version 4)
     schema_version: int = SCHEMA_VERSION
 
     @classmethod

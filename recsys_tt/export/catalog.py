@@ -35,7 +35,8 @@ def _new_items(path: str | Path, existing: dict[str, int]) -> pd.DataFrame:
 def add_items(export_dir: str | Path, items_file: str | Path) -> dict:
     """Encodes new items with the export's item tower and appends them to the index, vectors and tables, replacing
     the folder atomically. Having no trained id vector, each new item gets the one its text predicts
-    (``TwoTower.predicted_item_ids``) where the model has id vectors; else its vector is its text vector."""
+    (``TwoTower.predicted_item_ids``), plus the cold-item offset refreshes learnt, where the model has id vectors;
+    else its vector is its text vector."""
     export = ExportFolder.load(export_dir)
     new = _new_items(items_file, export.item_rows)
     texts = render_table(export.templates.item, new, "item")
@@ -48,10 +49,12 @@ def add_items(export_dir: str | Path, items_file: str | Path) -> dict:
     model, towers = export.encoder.model.float(), None
     vectors = text
     if model.config.item_id_embeddings:
+        extra, rows = extra_tensors(export), torch.arange(len(export.items), len(items))
         model.fill_item_ids(torch.from_numpy(all_text))
         with torch.no_grad():
-            vectors = model.add_item_ids(torch.from_numpy(text), torch.arange(len(export.items), len(items))).numpy()
-        towers = model, loss_tensors(export)
+            model.item_ids.weight[rows] += cold_item_offset(extra, model.dim)
+            vectors = model.add_item_ids(torch.from_numpy(text), rows).numpy()
+        towers = model, extra
     require_finite(vectors, items_file, "these items' predicted vectors are not finite; nothing was added")
     export.index.add(np.ascontiguousarray(vectors, dtype=np.float32))  # appended: the index needs no rebuild
     write_catalog(export, items, all_text, np.concatenate([export.vectors, vectors]), export.index,
@@ -68,16 +71,27 @@ def _unchanged_since_read(export: ExportFolder) -> None:
                               f"{export.meta['model_version']} -> {now}); nothing was written: run this again.")
 
 
-def loss_tensors(export: ExportFolder) -> dict[str, torch.Tensor]:
-    """The loss's tensors stored beside the towers (its temperature, relevance link), which a rewrite keeps."""
-    return {k: v for k, v in load_file(str(export.folder / TOWERS)).items() if k.startswith("loss.")}
+COLD_ITEM_OFFSET = "catalog.cold_item_offset"
+"""The towers file's key of the offset that refreshes learnt for items placed by their text (``cold_item_offset``)."""
+
+
+def extra_tensors(export: ExportFolder) -> dict[str, torch.Tensor]:
+    """The tensors stored beside the towers that are not the model's, which a rewrite keeps: the loss's (temperature,
+    relevance link) and the catalog's cold-item offset."""
+    return {k: v for k, v in load_file(str(export.folder / TOWERS)).items() if not k.startswith("model.")}
+
+
+def cold_item_offset(extra: dict[str, torch.Tensor], dim: int) -> torch.Tensor:
+    """(dim,) what refreshes learnt that every item without training interactions lacks beyond the id vector its
+    text predicts (``recsys_tt.offline.item_refresh``): items added later start from it too. Zero before a refresh."""
+    return extra.get(COLD_ITEM_OFFSET, torch.zeros(dim)).float()
 
 
 def write_catalog(export: ExportFolder, items: pd.DataFrame, text: np.ndarray, vectors: np.ndarray, index,
                   added: int = 0, towers: tuple[TwoTower, dict[str, torch.Tensor]] | None = None,
                   note: dict | None = None) -> None:
     """Replaces the export folder (atomically) with this catalog: its items table, text vectors, vectors and the
-    index over them, and ``towers`` (the model and its loss's tensors) when they changed. ``note`` joins meta.json
+    index over them, and ``towers`` (the model and its ``extra_tensors``) when they changed. ``note`` joins meta.json
     (what changed the folder)."""
     import faiss
 

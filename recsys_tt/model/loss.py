@@ -40,11 +40,11 @@ def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, positive: torch
         logq: (M,) log sampling probability of each column's item; subtracted from every logit.
         item_ids: (M,) item identity of each column, for accidental-hit masking; -1 marks padding columns.
         weight: (B,) non-negative row weights.
-        excluded: (M,) bool, columns never scored (items held out of training).
+        excluded: (M,) bool, columns never scored (items held out of training), or (B, M) per row.
     """
     logits = user.float() @ item.float().T / temperature  # (B, M)
     if excluded is not None:
-        logits = logits.masked_fill(excluded.unsqueeze(0), float("-inf"))
+        logits = logits.masked_fill(excluded if excluded.dim() == 2 else excluded.unsqueeze(0), float("-inf"))
     if logq is not None:
         logits = logits - logq.unsqueeze(0)
     if item_ids is not None:

@@ -7,9 +7,11 @@ the towers frozen, to what the log says: every click (a softmax over the catalog
 The fit is a maximum a posteriori estimate: a Gaussian prior of precision ``prior_precision`` keeps each id vector
 near where it was, so an item moves as far as its evidence carries it (one click: a little; hundreds: far), items
 without evidence stay put, and the result does not depend on how long the optimiser runs (L-BFGS, full batch).
-Users are encoded once, as served, so a refresh of a catalog of tens of thousands of items takes seconds to a
-minute on a CPU. The folder is rewritten atomically with the grown model, the new vectors and index, each item's
-logged clicks (``logged_clicks``, which the serving uncertainty counts as observations) and a new model_version.
+With ``cold_offset``, one vector shared by every item placed by its text alone (no training interactions) is fitted
+too, so evidence on some new items moves them all. Users are encoded once, as served, so a refresh of a catalog of
+tens of thousands of items takes seconds to a minute on a CPU. The folder is rewritten atomically with the grown
+model, the new vectors and index, each item's logged clicks (``logged_clicks``, which the serving uncertainty counts
+as observations) and a new model_version.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recsys_tt.export.catalog import loss_tensors, write_catalog
+from recsys_tt.export.catalog import COLD_ITEM_OFFSET, cold_item_offset, extra_tensors, write_catalog
 from recsys_tt.export.folder import ExportFolder
 from recsys_tt.export.index import build_index
 from recsys_tt.model.loss import InBatchSoftmax, LossConfig, sampled_softmax_loss
@@ -49,6 +51,11 @@ class RefreshConfig:
     """Learn from at most this many of the most recent slates (None: the whole log)."""
     skip_orphans: bool = False
     """Skip (and count) clicks whose slates the log no longer holds (retention deleted them); else refuse them."""
+    cold_offset: bool = True
+    """Also fit one offset shared by every item without training interactions (each placed by the id vector its
+    text predicts), under the same prior: what the log says about the cold items it showed then moves the ones it
+    did not show, and items added later start from it (``add_items``). New items can differ from old ones as a group
+    (new games are wanted more), which the text-to-id map, fitted on old items, cannot know."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or not self.prior_precision > 0 or (self.max_slates is not None and self.max_slates < 1):
@@ -69,16 +76,21 @@ def refresh_item_vectors(export_dir: str | Path, log_dir: str | Path, config: Re
     valid = shown >= 0
     observed = shown[valid].unique()
     model.seen_items[observed] = True  # its id vector now applies (and trains)
-    extra = loss_tensors(export)
+    extra = extra_tensors(export)
     head = InBatchSoftmax(LossConfig(temperature=_temperature(extra), learn_temperature=False,
                                      log_impressions=config.log_impressions, examination=config.examination),
                           len(export.items))
-    first_loss, last_loss = _train(model, head, torch.from_numpy(export.text_vectors), users, shown, clicked, config)
+    cold = torch.from_numpy(export.items["train_count"].to_numpy() == 0) if config.cold_offset else None
+    first_loss, last_loss, offset = _train(model, head, torch.from_numpy(export.text_vectors), users, shown, clicked,
+                                           torch.tensor(slates.catalog_sizes), config, cold)
+    if offset is not None:
+        extra[COLD_ITEM_OFFSET] = cold_item_offset(extra, model.dim) + offset
     with torch.no_grad():
         vectors = model.add_item_ids(torch.from_numpy(export.text_vectors), torch.arange(len(export.items)))
     clicks = np.bincount(shown[clicked].numpy(), minlength=len(export.items))
     summary = {"slates": len(slates), "clicks": int(clicked.sum()), "items_observed": len(observed),
-               "loss_first": first_loss, "loss_last": last_loss, "seconds": round(time.perf_counter() - began, 1)}
+               "loss_first": first_loss, "loss_last": last_loss, "seconds": round(time.perf_counter() - began, 1),
+               "cold_offset_norm": None if offset is None else round(float(offset.norm()), 4)}
     index, _ = build_index(vectors.numpy(), export.meta["factory"], export.meta["search_params"])  # every row moved
     write_catalog(export, export.items.assign(logged_clicks=clicks), export.text_vectors, vectors.numpy(), index,
                   towers=(model, extra), note={"refresh": {**summary, "log": str(log_dir), **asdict(config)}})
@@ -88,40 +100,47 @@ def refresh_item_vectors(export_dir: str | Path, log_dir: str | Path, config: Re
 
 
 def _recent(slates: LoggedImpressions, limit: int | None) -> LoggedImpressions:
-    if limit is None or limit >= len(slates):
-        return slates
-    return LoggedImpressions(slates.profiles[-limit:], slates.histories[-limit:], slates.shown[-limit:],
-                             slates.clicked[-limit:])
+    return slates if limit is None or limit >= len(slates) else slates[-limit:]
 
 
-def _temperature(loss_tensors: dict[str, torch.Tensor]) -> float:
+def _temperature(extra: dict[str, torch.Tensor]) -> float:
     """The temperature the export's softmax trained at (its scores' scale)."""
-    return math.exp(float(loss_tensors["loss.log_temperature"].reshape(-1)[0]))
+    return math.exp(float(extra["loss.log_temperature"].reshape(-1)[0]))
 
 
 def _train(model, head: InBatchSoftmax, text: torch.Tensor, users: torch.Tensor, shown: torch.Tensor,
-           clicked: torch.Tensor, config: RefreshConfig) -> tuple[float, float]:
-    """Fits the id vectors alone (L-BFGS on the negative log posterior, summed over the log); returns the first and
-    last objective per slate."""
+           clicked: torch.Tensor, catalog_sizes: torch.Tensor, config: RefreshConfig,
+           cold: torch.Tensor | None) -> tuple[float, float, torch.Tensor | None]:
+    """Fits the id vectors alone (L-BFGS on the negative log posterior, summed over the log), and with ``cold`` (N,)
+    bool one offset shared by those items' id vectors, which ends added to them; returns the first and last
+    objective per slate and the offset. A click's softmax runs over the catalog its slate was chosen from: an item
+    added since was no alternative to it."""
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     ids = model.item_ids.weight.requires_grad_(True)
     prior = ids.detach().clone()
+    offset = torch.zeros(ids.shape[1], requires_grad=cold is not None)
+    shift = cold[:, None].float() if cold is not None else torch.zeros(len(text), 1)
+    # text + offset + id vector is the cold items' text + (offset + id vector): the offset joins the id vector
+    # (exactly so without item_id_max_norm, which caps the id vector alone).
     rows, positions = clicked.nonzero(as_tuple=True)
     targets, valid, catalog = shown[rows, positions], shown >= 0, torch.arange(len(text))
+    later = catalog[None, :] >= catalog_sizes[rows, None]  # (clicks, N)
     if config.log_impressions:
         with torch.no_grad():
             head.calibrate(slate_scores(users, model.add_item_ids(text, catalog), shown), clicked, valid)
 
     def objective() -> torch.Tensor:
-        vectors = model.add_item_ids(text, catalog)
-        loss = sampled_softmax_loss(users[rows], vectors, targets, head.temperature) * len(rows)
+        vectors = model.add_item_ids(text + shift * offset, catalog)
+        loss = sampled_softmax_loss(users[rows], vectors, targets, head.temperature, excluded=later) * len(rows)
         if config.log_impressions:
             scores = slate_scores(users, vectors, shown)
             loss = loss + config.log_impressions * head.impression_loss(scores, clicked, valid) * valid.sum()
-        return (loss + config.prior_precision / 2 * (ids - prior).square().sum()) / len(shown)
+        deviation = (ids - prior).square().sum() + offset.square().sum()
+        return (loss + config.prior_precision / 2 * deviation) / len(shown)
 
-    optimizer = torch.optim.LBFGS([ids], max_iter=config.steps, history_size=10, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS([ids, offset] if cold is not None else [ids], max_iter=config.steps,
+                                  history_size=10, line_search_fn="strong_wolfe")
     losses = []
 
     def closure() -> torch.Tensor:
@@ -133,4 +152,9 @@ def _train(model, head: InBatchSoftmax, text: torch.Tensor, users: torch.Tensor,
 
     optimizer.step(closure)
     ids.requires_grad_(False)
-    return losses[0], losses[-1]
+    if cold is None:
+        return losses[0], losses[-1], None
+    offset = offset.detach()
+    with torch.no_grad():
+        ids[cold] += offset
+    return losses[0], losses[-1], offset

@@ -279,7 +279,7 @@ class Recommender:
             seed=response["seed"], model_version=self.model_version, index_version=self.index_version,
             user_text=user.text, history_ids=self._item_ids[user.history].tolist(), bonus=exploration.bonus,
             candidate_uncertainty=None if uncertainty is None else [round(float(u), 6) for u in uncertainty],
-            user_key=user_key)
+            user_key=user_key, catalog_size=len(self._item_ids))
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat()

@@ -56,6 +56,11 @@ class LoggedImpressions:
     histories: list[np.ndarray]
     shown: np.ndarray  # (S, K) catalog rows in display order, -1 after a short slate's end
     clicked: np.ndarray  # (S, K) bool
+    catalog_sizes: np.ndarray  # (S,) rows of the catalog each slate was chosen from (older lines: the whole catalog)
+
+    def __getitem__(self, rows: slice) -> LoggedImpressions:
+        return LoggedImpressions(self.profiles[rows], self.histories[rows], self.shown[rows], self.clicked[rows],
+                                 self.catalog_sizes[rows])
 
     def __len__(self) -> int:
         return len(self.shown)
@@ -120,7 +125,8 @@ def _slates(impressions: pd.DataFrame, clicks: pd.DataFrame, item_rows: dict[str
         shown[row, : len(slate)] = [item_rows[i] for i in slate]
         hit[row, : len(slate)] = [(request, i) in clicked for i in slate]
     histories = [np.asarray([item_rows[i] for i in ids], dtype=np.int64) for ids in impressions["history_ids"]]
-    return LoggedImpressions(impressions["user_text"].fillna("").tolist(), histories, shown, hit)
+    sizes = impressions["catalog_size"].fillna(len(item_rows)).to_numpy(dtype=np.int64)
+    return LoggedImpressions(impressions["user_text"].fillna("").tolist(), histories, shown, hit, sizes)
 
 
 def _refuse(problems: list[str], folder: str | Path) -> None:

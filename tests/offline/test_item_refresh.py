@@ -62,6 +62,31 @@ def test_a_refresh_teaches_a_new_item_its_clicks_and_keeps_the_folder_consistent
     assert np.allclose(rebuilt, after.vectors, atol=1e-5) and bool(model.seen_items[12])
 
 
+def _add(folder, item: str, title: str, tmp_path) -> None:
+    path = tmp_path / f"{item}.csv"
+    pd.DataFrame({"item_id": [item], "title": [title], "genres": ["Drama"]}).to_csv(path, index=False)
+    add_items(folder, path)
+
+
+def test_what_shown_new_items_teach_moves_the_new_items_never_shown(refreshed_setup, tmp_path):
+    folder, logs = refreshed_setup  # every user clicked the new "n1"
+    shared, alone = tmp_path / "shared", tmp_path / "alone"
+    for copy in (shared, alone):
+        shutil.copytree(folder, copy)
+        _add(copy, "n2", "Another new film", tmp_path)  # after the log: never shown, and no alternative to "n1"
+    vector = ExportFolder.load(alone).vectors[-1]
+    # clicks only: the catalog's other cold item, "i11", was shown and skipped on every slate, which as impressions
+    # would weigh against the group as much as the clicks on "n1" weigh for it
+    refresh_item_vectors(shared, logs, RefreshConfig(prior_precision=1.0, log_impressions=0.0))
+    refresh_item_vectors(alone, logs, RefreshConfig(prior_precision=1.0, log_impressions=0.0, cold_offset=False))
+    assert np.allclose(ExportFolder.load(alone).vectors[-1], vector, atol=1e-5)  # no evidence: it stays put
+    assert (_scores(ExportFolder.load(shared), "n2") > _scores(ExportFolder.load(alone), "n2") + 0.02).all()
+    assert ExportFolder.load(shared).meta["refresh"]["cold_offset_norm"] > 0
+    for copy in (shared, alone):  # an item added after the refresh starts from the offset too
+        _add(copy, "n3", "A third new film", tmp_path)
+    assert (_scores(ExportFolder.load(shared), "n3") > _scores(ExportFolder.load(alone), "n3") + 0.02).all()
+
+
 def test_skipped_items_lose_more_when_impressions_count(refreshed_setup, tmp_path):
     folder, logs = refreshed_setup
     clicks_only = tmp_path / "clicks_only"

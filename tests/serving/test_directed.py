@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from recsys_tt.data.propensity_log import read_impressions
+from recsys_tt.data.propensity_log import SCHEMA_VERSION, read_impressions
 from recsys_tt.serving.explore import ExplorationConfig
 from recsys_tt.serving.recommender import Recommender
 from recsys_tt.serving.requests import BadRequestError, RecommendRequest, ServingConfig
@@ -52,7 +52,7 @@ def test_directed_slates_log_each_candidates_uncertainty_which_shrinks_as_items_
         server.recommend(RecommendRequest(user_id="u2", k=2))
     server.log.close()
     lines = read_impressions(tmp_path / "log")
-    assert (lines["bonus"] == 0.3).all() and (lines["schema_version"] == 3).all()
+    assert (lines["bonus"] == 0.3).all() and (lines["schema_version"] == SCHEMA_VERSION).all()
     first, last = (dict(zip(line.candidate_ids, line.candidate_uncertainty)) for line in
                    (lines.iloc[0], lines.iloc[-1]))
     item = lines.iloc[0]["slate"][0]

@@ -11,7 +11,14 @@ import pytest
 from fastapi.testclient import TestClient
 from jsonschema import Draft202012Validator
 
-from recsys_tt.data.propensity_log import Feedback, Impression, PropensityLog, read_feedback, read_impressions
+from recsys_tt.data.propensity_log import (
+    SCHEMA_VERSION,
+    Feedback,
+    Impression,
+    PropensityLog,
+    read_feedback,
+    read_impressions,
+)
 from recsys_tt.export.folder import ExportFolder
 from recsys_tt.offline.ope import bandit_feedback
 from recsys_tt.serving.explore import MAX_TEMPERATURE, MIN_TEMPERATURE, ExplorationConfig
@@ -300,14 +307,16 @@ def test_impression_lines_are_typed_and_versioned(recommender):
     recommender.log.close()
     path = next(recommender.log.folder.glob("impressions-*.jsonl"))
     line = json.loads(path.read_text())
-    assert line["schema_version"] == 3 and Impression.from_json(line, "here").slate == line["slate"]
+    assert line["schema_version"] == SCHEMA_VERSION and Impression.from_json(line, "here").slate == line["slate"]
+    assert line["catalog_size"] == len(recommender.export.items)
     served = recommender.export.split.history(recommender.export.user_rows["u1"], "all")
     assert line["history_ids"] == recommender.export.item_ids[served].tolist()
     assert line["user_text"] == recommender.export.users["profile"][recommender.export.user_rows["u1"]]
     old = {k: v for k, v in line.items() if k not in ("user_text", "history_ids", "schema_version")}
     assert Impression.from_json(old, "here").history_ids is None  # version 1 lines still read (for OPE)
-    with pytest.raises(ValueError, match="schema version 4"):
-        Impression.from_json({**line, "schema_version": 4}, "here")
+    future = SCHEMA_VERSION + 1
+    with pytest.raises(ValueError, match=f"schema version {future}"):
+        Impression.from_json({**line, "schema_version": future}, "here")
     path.write_text(json.dumps({k: v for k, v in line.items() if k != "slate_rows"}) + "\n")
     with pytest.raises(ValueError, match=r"line 1: not a recsys_tt impression line \(missing \['slate_rows'\]"):
         read_impressions(recommender.log.folder)
