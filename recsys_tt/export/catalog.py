@@ -52,6 +52,8 @@ def add_items(export_dir: str | Path, items_file: str | Path) -> dict:
         extra, rows = extra_tensors(export), torch.arange(len(export.items), len(items))
         model.fill_item_ids(torch.from_numpy(all_text))
         with torch.no_grad():
+            if PRIOR_ITEM_IDS in extra:  # a refresh's prior means: the new items' is what their text predicts
+                extra[PRIOR_ITEM_IDS] = torch.cat([extra[PRIOR_ITEM_IDS], model.item_ids.weight[rows]])
             model.item_ids.weight[rows] += cold_item_offset(extra, model.dim)
             vectors = model.add_item_ids(torch.from_numpy(text), rows).numpy()
         towers = model, extra
@@ -73,6 +75,8 @@ def _unchanged_since_read(export: ExportFolder) -> None:
 
 COLD_ITEM_OFFSET = "catalog.cold_item_offset"
 """The towers file's key of the offset that refreshes learnt for items placed by their text (``cold_item_offset``)."""
+PRIOR_ITEM_IDS = "catalog.prior_item_ids"
+"""The towers file's key of the id vectors before any refresh: every refresh's prior means."""
 
 
 def extra_tensors(export: ExportFolder) -> dict[str, torch.Tensor]:
@@ -82,8 +86,8 @@ def extra_tensors(export: ExportFolder) -> dict[str, torch.Tensor]:
 
 
 def cold_item_offset(extra: dict[str, torch.Tensor], dim: int) -> torch.Tensor:
-    """(dim,) what refreshes learnt that every item without training interactions lacks beyond the id vector its
-    text predicts (``recsys_tt.offline.item_refresh``): items added later start from it too. Zero before a refresh."""
+    """(dim,) what the last refresh learnt that every item without training interactions lacks beyond the id vector
+    its text predicts (``recsys_tt.offline.item_refresh``): items added later start from it too. Zero before one."""
     return extra.get(COLD_ITEM_OFFSET, torch.zeros(dim)).float()
 
 

@@ -5,8 +5,10 @@ the item id vectors alone (each item's correction around its text vector; new it
 the towers frozen, to what the log says: every click (a softmax over the catalog for the user as served) and, with
 ``log_impressions``, every shown item clicked or skipped (the position-based likelihood, ``position_based_loss``).
 The fit is a maximum a posteriori estimate: a Gaussian prior of precision ``prior_precision`` keeps each id vector
-near where it was, so an item moves as far as its evidence carries it (one click: a little; hundreds: far), items
-without evidence stay put, and the result does not depend on how long the optimiser runs (L-BFGS, full batch).
+near where it was before the first refresh, so an item moves as far as its evidence carries it (one click: a
+little; hundreds: far), items without evidence stay put, and the result does not depend on how long the optimiser
+runs (L-BFGS, full batch). The log is read whole each time, so a prior centred on the last refresh's result would
+count the same evidence again at every refresh.
 With ``cold_offset``, one vector shared by every item placed by its text alone (no training interactions) is fitted
 too, so evidence on some new items moves them all. Users are encoded once, as served, so a refresh of a catalog of
 tens of thousands of items takes seconds to a minute on a CPU. The folder is rewritten atomically with the grown
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recsys_tt.export.catalog import COLD_ITEM_OFFSET, cold_item_offset, extra_tensors, write_catalog
+from recsys_tt.export.catalog import COLD_ITEM_OFFSET, PRIOR_ITEM_IDS, cold_item_offset, extra_tensors, write_catalog
 from recsys_tt.export.folder import ExportFolder
 from recsys_tt.export.index import build_index
 from recsys_tt.model.loss import InBatchSoftmax, LossConfig, sampled_softmax_loss
@@ -42,7 +44,8 @@ class RefreshConfig:
     steps: int = 30
     """L-BFGS iterations over the whole log."""
     prior_precision: float = 20.0
-    """Precision of the Gaussian prior around each id vector as it was: larger keeps items closer to it."""
+    """Precision of the Gaussian prior around each id vector as it was before the first refresh: larger keeps items
+    closer to it."""
     log_impressions: float = 1.0
     """Weight of the position-based likelihood of every shown item (0: clicks only)."""
     examination: list[float] | None = None
@@ -80,23 +83,37 @@ def refresh_item_vectors(export_dir: str | Path, log_dir: str | Path, config: Re
     head = InBatchSoftmax(LossConfig(temperature=_temperature(extra), learn_temperature=False,
                                      log_impressions=config.log_impressions, examination=config.examination),
                           len(export.items))
-    cold = torch.from_numpy(export.items["train_count"].to_numpy() == 0) if config.cold_offset else None
+    cold = torch.from_numpy(export.items["train_count"].to_numpy() == 0)
+    start = _start(model, extra, cold)
     first_loss, last_loss, offset = _train(model, head, torch.from_numpy(export.text_vectors), users, shown, clicked,
-                                           torch.tensor(slates.catalog_sizes), config, cold)
-    if offset is not None:
-        extra[COLD_ITEM_OFFSET] = cold_item_offset(extra, model.dim) + offset
+                                           torch.tensor(slates.catalog_sizes), config, start, cold)
+    extra[COLD_ITEM_OFFSET] = offset
     with torch.no_grad():
         vectors = model.add_item_ids(torch.from_numpy(export.text_vectors), torch.arange(len(export.items)))
     clicks = np.bincount(shown[clicked].numpy(), minlength=len(export.items))
     summary = {"slates": len(slates), "clicks": int(clicked.sum()), "items_observed": len(observed),
                "loss_first": first_loss, "loss_last": last_loss, "seconds": round(time.perf_counter() - began, 1),
-               "cold_offset_norm": None if offset is None else round(float(offset.norm()), 4)}
+               "cold_offset_norm": round(float(offset.norm()), 4)}
     index, _ = build_index(vectors.numpy(), export.meta["factory"], export.meta["search_params"])  # every row moved
     write_catalog(export, export.items.assign(logged_clicks=clicks), export.text_vectors, vectors.numpy(), index,
                   towers=(model, extra), note={"refresh": {**summary, "log": str(log_dir), **asdict(config)}})
     log.info("Refreshed %s from %d slates (%d clicks) in %.0fs: loss %.4f -> %.4f", export.folder, len(slates),
              summary["clicks"], summary["seconds"], first_loss, last_loss)
     return summary
+
+
+def _start(model, extra: dict[str, torch.Tensor], cold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prior means of the id vectors, which ``extra`` keeps from the first refresh on, and the cold offset the
+    last refresh found; takes the offset out of the cold items' id vectors, so the fit starts where the last ended.
+
+    Every refresh reads the whole log (up to ``max_slates``), so its prior must be the vectors before any refresh:
+    centred on the last refresh's result, each refresh would count the same clicks and skips once more."""
+    ids = model.item_ids.weight
+    offset = cold_item_offset(extra, model.dim)
+    with torch.no_grad():
+        ids[cold] -= offset
+    extra.setdefault(PRIOR_ITEM_IDS, ids.detach().clone())
+    return extra[PRIOR_ITEM_IDS].float(), offset
 
 
 def _recent(slates: LoggedImpressions, limit: int | None) -> LoggedImpressions:
@@ -110,25 +127,28 @@ def _temperature(extra: dict[str, torch.Tensor]) -> float:
 
 def _train(model, head: InBatchSoftmax, text: torch.Tensor, users: torch.Tensor, shown: torch.Tensor,
            clicked: torch.Tensor, catalog_sizes: torch.Tensor, config: RefreshConfig,
-           cold: torch.Tensor | None) -> tuple[float, float, torch.Tensor | None]:
-    """Fits the id vectors alone (L-BFGS on the negative log posterior, summed over the log), and with ``cold`` (N,)
-    bool one offset shared by those items' id vectors, which ends added to them; returns the first and last
-    objective per slate and the offset. A click's softmax runs over the catalog its slate was chosen from: an item
-    added since was no alternative to it."""
+           start: tuple[torch.Tensor, torch.Tensor], cold: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+    """Fits the id vectors alone (L-BFGS on the negative log posterior, summed over the log; ``start`` holds the
+    prior means and the last offset), and with ``config.cold_offset`` one offset shared by the ``cold`` (N,) items'
+    id vectors, which ends added to them; returns the first and last objective per slate and the offset. A click's
+    softmax runs over the catalog its slate was chosen from: an item added since was no alternative to it."""
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     ids = model.item_ids.weight.requires_grad_(True)
-    prior = ids.detach().clone()
-    offset = torch.zeros(ids.shape[1], requires_grad=cold is not None)
-    shift = cold[:, None].float() if cold is not None else torch.zeros(len(text), 1)
+    prior, offset = start
+    offset = (offset if config.cold_offset else torch.zeros_like(offset)).clone().requires_grad_(config.cold_offset)
+    shift = cold[:, None].float()
     # text + offset + id vector is the cold items' text + (offset + id vector): the offset joins the id vector
     # (exactly so without item_id_max_norm, which caps the id vector alone).
     rows, positions = clicked.nonzero(as_tuple=True)
     targets, valid, catalog = shown[rows, positions], shown >= 0, torch.arange(len(text))
     later = catalog[None, :] >= catalog_sizes[rows, None]  # (clicks, N)
-    if config.log_impressions:
+    if config.log_impressions:  # the link is fitted to the prior's scores, so that every refresh fits the same model
         with torch.no_grad():
+            fitted = ids.detach().clone()
+            ids.copy_(prior)
             head.calibrate(slate_scores(users, model.add_item_ids(text, catalog), shown), clicked, valid)
+            ids.copy_(fitted)
 
     def objective() -> torch.Tensor:
         vectors = model.add_item_ids(text + shift * offset, catalog)
@@ -139,7 +159,7 @@ def _train(model, head: InBatchSoftmax, text: torch.Tensor, users: torch.Tensor,
         deviation = (ids - prior).square().sum() + offset.square().sum()
         return (loss + config.prior_precision / 2 * deviation) / len(shown)
 
-    optimizer = torch.optim.LBFGS([ids, offset] if cold is not None else [ids], max_iter=config.steps,
+    optimizer = torch.optim.LBFGS([ids, offset] if config.cold_offset else [ids], max_iter=config.steps,
                                   history_size=10, line_search_fn="strong_wolfe")
     losses = []
 
@@ -152,8 +172,6 @@ def _train(model, head: InBatchSoftmax, text: torch.Tensor, users: torch.Tensor,
 
     optimizer.step(closure)
     ids.requires_grad_(False)
-    if cold is None:
-        return losses[0], losses[-1], None
     offset = offset.detach()
     with torch.no_grad():
         ids[cold] += offset
