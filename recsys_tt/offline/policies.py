@@ -97,8 +97,8 @@ pseudo-count 10 (docs/arrivals_log.md); configs/serve_directed.yaml serves it.""
 def arrival_policies(directed: ExplorationConfig = DIRECTED) -> tuple[ArrivalPolicy, ...]:
     """What scripts/simulate_arrivals.py compares: the first is the baseline, the last isolates the text prior;
     ``directed`` is the exploration of the directed policies. Directed serving is refreshed from clicks only and
-    from impressions too (skipped items as negatives, weight 1): on a separate seed the impression-aware refresh
-    cost clicks (docs/arrivals_log.md), so the text-prior ablation uses clicks only."""
+    from impressions too (skipped items as negatives, weight 1); the text-prior ablation uses clicks only, chosen on
+    a separate seed before refreshes counted their evidence once (docs/arrivals_log.md)."""
     return (ArrivalPolicy("greedy + retraining", GREEDY, log_impressions=0.0),
             ArrivalPolicy("temperature + retraining", _EXPLORING_HEAD, log_impressions=0.0),
             ArrivalPolicy("directed + retraining", directed, log_impressions=0.0),
