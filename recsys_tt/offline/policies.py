@@ -105,6 +105,3 @@ def arrival_policies(directed: ExplorationConfig = DIRECTED) -> tuple[ArrivalPol
             ArrivalPolicy("directed + impression-aware retraining", directed, log_impressions=1.0),
             ArrivalPolicy("directed + retraining, no text prior", directed, log_impressions=0.0, text_prior=False))
 
-
-ARRIVAL_POLICIES = arrival_policies()
-"""The arrival policies at the chosen directed settings (``DIRECTED``)."""

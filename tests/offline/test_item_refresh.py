@@ -22,14 +22,18 @@ SERVING = ServingConfig(exploration=ExplorationConfig(temperature=0.0, propensit
 HISTORIES = [["i1", "i2"], ["i3"], ["i4", "i5"], ["i6"]]
 
 
+def _add(folder, item: str, title: str, tmp_path) -> None:
+    path = tmp_path / f"{item}.csv"
+    pd.DataFrame({"item_id": [item], "title": [title], "genres": ["Drama"]}).to_csv(path, index=False)
+    add_items(folder, path)
+
+
 @pytest.fixture
 def refreshed_setup(flat_export, tmp_path):
     """An export with a new item "n1", and a log where every user clicked "n1" and skipped the rest."""
     folder = tmp_path / "export"
     shutil.copytree(flat_export, folder)
-    new = tmp_path / "new.csv"
-    pd.DataFrame({"item_id": ["n1"], "title": ["A brand new film"], "genres": ["Drama"]}).to_csv(new, index=False)
-    add_items(folder, new)
+    _add(folder, "n1", "A brand new film", tmp_path)
     server = Recommender.load(folder, SERVING, log_dir=tmp_path / "log")
     for history in HISTORIES:
         response = server.recommend(RecommendRequest(text="A viewer.", recent_item_ids=history, k=10))
@@ -60,12 +64,6 @@ def test_a_refresh_teaches_a_new_item_its_clicks_and_keeps_the_folder_consistent
     model = after.encoder.model  # the towers reloaded from the folder give the vectors it serves
     rebuilt = model.add_item_ids(torch.from_numpy(after.text_vectors), torch.arange(13)).detach().numpy()
     assert np.allclose(rebuilt, after.vectors, atol=1e-5) and bool(model.seen_items[12])
-
-
-def _add(folder, item: str, title: str, tmp_path) -> None:
-    path = tmp_path / f"{item}.csv"
-    pd.DataFrame({"item_id": [item], "title": [title], "genres": ["Drama"]}).to_csv(path, index=False)
-    add_items(folder, path)
 
 
 def test_what_shown_new_items_teach_moves_the_new_items_never_shown(refreshed_setup, tmp_path):

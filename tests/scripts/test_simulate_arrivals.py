@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import pytest
 
-from recsys_tt.offline.policies import ARRIVAL_POLICIES, DIRECTED, slug
+from recsys_tt.offline.policies import DIRECTED, arrival_policies, slug
 from tests.helpers import load_script
 
-POLICIES = [ARRIVAL_POLICIES[0].name, ARRIVAL_POLICIES[2].name]  # greedy and directed
+POLICIES = [arrival_policies()[0].name, arrival_policies()[2].name]  # greedy and directed
 
 
 def test_a_comparison_writes_its_table_json_and_plot_and_resumes(before_export, tmp_path, capsys):

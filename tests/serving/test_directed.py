@@ -80,13 +80,13 @@ def test_the_directed_serving_config_is_the_simulated_directed_policy(capsys):
 
     import serve
     from recsys_tt.cli import run
-    from recsys_tt.offline.policies import ARRIVAL_POLICIES
+    from recsys_tt.offline.policies import arrival_policies
 
     with pytest.raises(SystemExit):
         run(serve.main, ["--config", "configs/serve.yaml", "--config", "configs/serve_directed.yaml", "--export",
                          "exports/x", "--print_config"])
     serving = yaml.safe_load(capsys.readouterr().out)["serving"]
-    directed = next(p for p in ARRIVAL_POLICIES if p.name.startswith("directed"))
+    directed = next(p for p in arrival_policies() if p.name.startswith("directed"))
     assert ExplorationConfig(**serving["exploration"]) == directed.exploration
     assert serving["ignore_limit"] == 3 and serving["candidates"] == 200  # the rest stays serve.yaml's
 
