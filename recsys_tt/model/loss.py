@@ -196,6 +196,11 @@ class LossConfig:
     on the clicks alone."""
     examination: list[float] | None = None
     """P(a user looks at position j), j = 1..k, of the logged slates; None: 1 / log2(j + 1), the DCG discount."""
+    text_only: float = 0.0
+    """The weight of a second softmax, over the same rows and columns, in which every item is its text vector alone (no
+    id vector). Items without an id vector (cold or added after training) are ranked by their text; this trains
+    users and the item tower to rank by text too, instead of leaving text vectors to be whatever complements the ids.
+    0 turns it off; it does nothing without ``tower.item_id_embeddings``."""
     memory_size: int = 0
     """Cross-batch memory: the item vectors of recent batches (detached) join the negatives, up to this many
     columns, each with the logQ of the batch it came from; 0 turns it off. The memory is not checkpointed: a
@@ -216,6 +221,10 @@ class LossConfig:
             raise ValueError(f"log_impressions must be >= 0 (0: clicks only), got {self.log_impressions}.")
         if self.examination is not None and not all(0 < e <= 1 for e in self.examination):
             raise ValueError(f"examination holds probabilities in (0, 1], one per position; got {self.examination}.")
+        if not 0 <= self.text_only < math.inf:
+            raise ValueError(f"text_only is the weight of the text-only softmax, >= 0 (0: off); got {self.text_only}.")
+        if self.text_only and self.memory_size:
+            raise ValueError("text_only does not combine with memory_size: the memory holds text + id vectors.")
         if self.negatives == "catalog" and self.memory_size:
             raise ValueError("negatives: catalog already scores every item; set memory_size: 0.")
 

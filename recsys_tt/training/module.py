@@ -130,18 +130,22 @@ class TwoTowerModule(pl.LightningModule):
         return tokens if self.model.config.bucket_rows is None else trim(tokens)
 
     def batch_item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        """(M,) in-batch items -> (M, D) vectors; at most ``fresh_items`` random ones are encoded with gradients.
+        """(M,) in-batch items -> (M, D) vectors (text + id vectors; see ``batch_item_text``)."""
+        return self.model.add_item_ids(self.batch_item_text(items), items)
+
+    def batch_item_text(self, items: torch.Tensor) -> torch.Tensor:
+        """(M,) in-batch items -> (M, D) text vectors; at most ``fresh_items`` random ones are encoded with gradients.
 
         The others take their text vector from the catalog cache (refreshed every ``cache_refresh_steps``),
         so they still serve as negatives, and their id vectors still train, at a fraction of the cost.
         """
         fresh = self.hparams.fresh_items
         if self.item_text_cache is None or not self._reads_cache(len(items)):
-            return self.model.encode_items(**self._item_tokens(items), items=items)
+            return self.model.encode_item_text(**self._item_tokens(items))
         order = torch.randperm(len(items), device=items.device)
         encoded = self.model.encode_item_text(**self._item_tokens(items[order[:fresh]]))
         text = torch.cat([encoded, self.item_text_cache[items[order[fresh:]]].to(encoded.dtype)])
-        return self.model.add_item_ids(text[torch.argsort(order)], items)
+        return text[torch.argsort(order)]
 
     def _reads_cache(self, batch_items: int) -> bool:
         """Whether a batch of this many items takes some of its negatives from the catalog cache."""
@@ -159,7 +163,8 @@ class TwoTowerModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         columns, positive = self._columns(batch)
-        items = self.batch_item_vectors(columns)
+        text = self.batch_item_text(columns)
+        items = self.model.add_item_ids(text, columns)
         users = self.model.encode_users(batch, self.item_text_cache, every_position=True)  # (B[, 1 + L], D)
         weight = self.click_weight[batch["click"]] if "click" in batch else None  # (B,)
         if weight is not None:
@@ -170,6 +175,10 @@ class TwoTowerModule(pl.LightningModule):
         users, positive = users.reshape(-1, users.shape[-1]), positive.reshape(-1)
         weight = None if weight is None else weight.reshape(-1)
         loss = self.loss(users, items, positive, columns, weight, held_out=self.cold_items)
+        if self.loss.config.text_only and self.model.config.item_id_embeddings:
+            text_loss = self.loss(users, text, positive, columns, weight, held_out=self.cold_items)
+            self.log("train/text_only_loss", text_loss, batch_size=len(positive))
+            loss = loss + self.loss.config.text_only * text_loss
         if "impressions" in batch:
             impressions = self._impression_loss(batch["impressions"])
             self.log("train/impression_loss", impressions, batch_size=len(batch["impressions"]["shown"]))

@@ -146,6 +146,13 @@ def test_cross_batch_memory_adds_earlier_columns_with_their_logq_and_masks_their
         user, item, positive, torch.tensor(0.1), logq=module.column_logq(items, 2), item_ids=items))
 
 
+def test_a_text_only_weight_below_zero_or_beside_a_memory_is_refused():
+    with pytest.raises(ValueError, match="text_only is the weight"):
+        LossConfig(text_only=-1.0)
+    with pytest.raises(ValueError, match="does not combine with memory_size"):
+        LossConfig(text_only=0.5, memory_size=64)
+
+
 def test_negative_memory_size_is_refused():
     with pytest.raises(ValueError, match="memory_size"):
         LossConfig(memory_size=-1)

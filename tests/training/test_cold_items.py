@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -62,3 +64,20 @@ def test_the_export_holds_cold_items_as_add_items_would_place_them(tmp_path, tin
     add_items(export.folder, tmp_path / "again.csv")
     extended = ExportFolder.load(export.folder)
     assert np.allclose(extended.vectors[-int(cold.sum()):], export.vectors[cold], atol=1e-5)
+
+
+def test_the_text_only_softmax_trains_the_towers_to_rank_by_text(tmp_path, tiny_dataset, tiny_bert):
+    import pandas as pd
+
+    def run(name: str, weight: str) -> tuple[pd.DataFrame, dict[str, torch.Tensor]]:
+        cli = main(train_args(tmp_path / name, tiny_dataset, tiny_bert, 3, "--model.loss.negatives", "catalog",
+                              "--model.loss.text_only", weight))
+        metrics = pd.read_csv(Path(cli.trainer.log_dir) / "metrics.csv")
+        return metrics, {n: p.detach().clone() for n, p in cli.model.named_parameters() if "lora_B" in n}
+
+    with_text, trained = run("text_only", "1.0")
+    logged = with_text["train/text_only_loss"].dropna()
+    assert len(logged) == 3 and (logged > 0).all()
+    without, plain = run("plain", "0.0")
+    assert "train/text_only_loss" not in without
+    assert any(not torch.allclose(trained[n], plain[n]) for n in plain)  # same seed and data: only the term differs
