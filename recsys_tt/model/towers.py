@@ -89,6 +89,10 @@ class TowerConfig:
     train_adapters: bool = True
     """Train the LoRA adapters. Off, they stay at their initial identity, so the backbone is the frozen pretrained
     model and only the heads (``projection_dim``), the history input and the id vectors train."""
+    train_item_adapter: bool = True
+    """Train the item tower's adapter (with ``train_adapters``). Off, an item's text vector is the pretrained backbone's
+    (through the item head): an item never trained on is then placed exactly as the trained ones were, where a trained
+    item adapter can learn the training items' titles by heart and leave the others behind."""
     backbone_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Storage dtype of the frozen base weights (bfloat16 halves memory on GPUs)."""
     backbone_dropout: bool = False
@@ -117,6 +121,8 @@ class TowerConfig:
             raise ValueError(f"item_id_max_norm must be positive or null, got {self.item_id_max_norm}.")
         if not 0 <= self.item_id_dropout < 1:
             raise ValueError(f"item_id_dropout must be in [0, 1), got {self.item_id_dropout}.")
+        if not self.train_item_adapter and self.shared_adapter:
+            raise ValueError("train_item_adapter: false needs an adapter per tower; set shared_adapter: false.")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
 
@@ -152,7 +158,8 @@ class TwoTower(nn.Module):
             self.encoder = get_peft_model(backbone, lora, adapter_name=self.adapters[0])
         for name in self.adapters[1:]:
             self.encoder.add_adapter(name, lora)
-        self._adapter_params = [p for n, p in self.encoder.named_parameters() if "lora_" in n]
+        self._adapter_params = [(p, config.train_adapters and (config.train_item_adapter or ".item." not in n))
+                                for n, p in self.encoder.named_parameters() if "lora_" in n]
         self._causal = any(getattr(m, "is_causal", False) for m in backbone.modules())  # a decoder's text attention
         self._blocks = block_list(self.encoder) if config.user_layers is not None else None  # found once
         self.heads = nn.ModuleDict({t: self._head(hidden) for t in ("item", "user")})
@@ -183,6 +190,11 @@ class TwoTower(nn.Module):
     def _head(self, hidden: int) -> nn.Module:
         return nn.Linear(hidden, self.config.projection_dim) if self.config.projection_dim else nn.Identity()
 
+    @property
+    def item_text_trains(self) -> bool:
+        """Whether training moves the items' text vectors (an item adapter or head that trains)."""
+        return (self.config.train_adapters and self.config.train_item_adapter) or self.config.projection_dim is not None
+
     def _activate(self, tower: str) -> None:
         name = "shared" if self.config.shared_adapter else tower
         if self.encoder.active_adapter != name:
@@ -191,8 +203,8 @@ class TwoTower(nn.Module):
 
     def _train_all_adapters(self) -> None:
         # peft freezes inactive adapters (on add and on switch); both towers train in every step.
-        for p in self._adapter_params:
-            p.requires_grad_(self.config.train_adapters)
+        for p, trains in self._adapter_params:
+            p.requires_grad_(trains)
 
     def _encode(self, tower: str, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
         self._activate(tower)

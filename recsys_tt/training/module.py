@@ -140,6 +140,8 @@ class TwoTowerModule(pl.LightningModule):
         so they still serve as negatives, and their id vectors still train, at a fraction of the cost.
         """
         fresh = self.hparams.fresh_items
+        if self.item_text_cache is not None and not self.model.item_text_trains:  # the cache is exact: nothing moves it
+            return self.item_text_cache[items]
         if self.item_text_cache is None or not self._reads_cache(len(items)):
             return self.model.encode_item_text(**self._item_tokens(items))
         order = torch.randperm(len(items), device=items.device)
@@ -157,7 +159,8 @@ class TwoTowerModule(pl.LightningModule):
         torch.manual_seed(hash((self.hparams.seed, self.global_step, self.global_rank)) % 2**31)
         columns = self.hparams.num_items if self.loss.config.negatives == "catalog" else len(batch["items"])
         needs_cache = self.model.user_input.reads_item_vectors or self._reads_cache(columns)
-        stale = self.item_text_cache is None or self.global_step - self.cache_step >= self.hparams.cache_refresh_steps
+        stale = self.item_text_cache is None or (self.model.item_text_trains and
+                                                 self.global_step - self.cache_step >= self.hparams.cache_refresh_steps)
         if needs_cache and stale:
             self.item_text_cache, self.cache_step = self.encoder.item_text(), self.global_step
 

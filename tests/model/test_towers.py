@@ -278,6 +278,17 @@ def test_frozen_adapters_leave_only_heads_history_input_and_ids_to_train(tiny_be
     assert trainable == {"heads", "item_ids", "history_in"}
 
 
+def test_a_frozen_item_adapter_leaves_the_user_adapter_training(tiny_bert):
+    tower = _tower(tiny_bert, train_item_adapter=False)
+    ids, mask = _tokens()
+    tower.encode_items(ids, mask, torch.arange(4))
+    tower.encode_user_text(ids, mask)
+    adapters = {(n.split("lora_")[1].split(".")[1], p.requires_grad) for n, p in tower.named_parameters() if "lora_" in n}
+    assert adapters == {("item", False), ("user", True)}
+    with pytest.raises(ValueError, match="needs an adapter per tower"):
+        TowerConfig(train_item_adapter=False, shared_adapter=True)
+
+
 def test_item_id_dropout_drops_ids_in_training_only(tiny_bert):
     tower = _tower(tiny_bert, item_id_dropout=0.5)
     with torch.no_grad():

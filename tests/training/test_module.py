@@ -65,3 +65,11 @@ def test_catalog_negatives_make_every_item_a_column_with_the_same_targets(tiny_b
     assert all_columns.tolist() == list(range(6))
     assert torch.equal(all_positive >= 0, positive >= 0)
     assert torch.equal(all_columns[all_positive[positive >= 0]], columns[positive[positive >= 0]])
+
+
+def test_a_frozen_item_tower_reads_every_text_vector_from_the_cache(tiny_bert):
+    module = TwoTowerModule(num_items=6, tower=TowerConfig(backbone=tiny_bert, train_item_adapter=False), fresh_items=2)
+    module.item_tokens = tokenize_table(load_tokenizer(tiny_bert), [f"movie {i}" for i in range(6)], 8)
+    module.item_text_cache = module.encoder.item_text()
+    items = torch.tensor([0, 2, 3, 5])
+    assert torch.equal(module.batch_item_text(items), module.item_text_cache[items])  # no item encoded again
