@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from recsys_tt.data.tables import DataError, read_ids
 from recsys_tt.data.text import render_table
 from recsys_tt.export.folder import FORMAT_VERSION, ExportFolder, hashed_files, require_finite, seal
+from recsys_tt.export.index import unit_length
 from recsys_tt.export.model_card import model_card
 from recsys_tt.files import FolderBusyError, folder_digests, replacing
 from recsys_tt.model.towers import TwoTower
@@ -35,8 +36,8 @@ def _new_items(path: str | Path, existing: dict[str, int]) -> pd.DataFrame:
 def add_items(export_dir: str | Path, items_file: str | Path) -> dict:
     """Encodes new items with the export's item tower and appends them to the index, vectors and tables, replacing
     the folder atomically. Having no trained id vector, each new item gets the one its text predicts
-    (``TwoTower.predicted_item_ids``), plus the cold-item offset refreshes learnt, where the model has id vectors;
-    else its vector is its text vector."""
+    (``TwoTower.unseen_item_ids``), plus the cold-item offset refreshes learnt, boosted as the model's
+    ``unseen_item_boost`` says, where the model has id vectors; else its vector is its text vector."""
     export = ExportFolder.load(export_dir)
     new = _new_items(items_file, export.item_rows)
     texts = render_table(export.templates.item, new, "item")
@@ -55,7 +56,8 @@ def add_items(export_dir: str | Path, items_file: str | Path) -> dict:
             if PRIOR_ITEM_IDS in extra:  # a refresh's prior means: the new items' is what their text predicts
                 extra[PRIOR_ITEM_IDS] = torch.cat([extra[PRIOR_ITEM_IDS], model.item_ids.weight[rows]])
             model.item_ids.weight[rows] += cold_item_offset(extra, model.dim)
-            vectors = model.add_item_ids(torch.from_numpy(text), rows).numpy()
+            vectors = model.add_item_ids(torch.from_numpy(text), rows)
+            vectors = model.boost_unseen(vectors, torch.ones(len(rows), dtype=torch.bool)).numpy()
         towers = model, extra
     require_finite(vectors, items_file, "these items' predicted vectors are not finite; nothing was added")
     export.index.add(np.ascontiguousarray(vectors, dtype=np.float32))  # appended: the index needs no rebuild
@@ -102,7 +104,7 @@ def write_catalog(export: ExportFolder, items: pd.DataFrame, text: np.ndarray, v
     folder = export.folder
     require_finite(vectors, folder / "vectors.npy", "nothing was written")
     meta = dict(export.meta, num_items=len(items), added_items=export.meta.get("added_items", 0) + added,
-                **(note or {}))
+                normalized=unit_length(vectors), **(note or {}))
     with replacing(folder) as staging:
         _unchanged_since_read(export)
         shutil.copytree(folder, staging, dirs_exist_ok=True)

@@ -6,7 +6,7 @@ Layout of an export folder::
                          model version (a digest of all that shapes serving), source checkpoint, configs, test
                          metrics, library versions, and an HMAC signature when a signing key is set
     README.md            model card: what was trained on what, how well it did, how to load it
-    index.faiss          FAISS index over the item vectors (inner product on L2-normalised vectors)
+    index.faiss          FAISS index over the item vectors (inner product; L2-normalised unless meta says otherwise)
     vectors.npy          (N, D) float32 item vectors, row-aligned with items.parquet (for exact rescoring)
     text_vectors.npy     (N, D) float32 item text vectors (what item-vector user towers read as history)
     items.parquet        row -> item_id, text, history_name, train_count

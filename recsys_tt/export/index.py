@@ -52,6 +52,11 @@ def _to_gpu(faiss, index):
         return index
 
 
+def unit_length(vectors: np.ndarray) -> bool:
+    """Whether every vector has length 1 (an index over them ranks by cosine); ``unseen_item_boost`` scales some."""
+    return bool(np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-3))
+
+
 def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
     """(Q, k) rows of the k highest inner products, best first (NumPy brute force; the reference)."""
     scores = queries @ vectors.T

@@ -22,7 +22,7 @@ from recsys_tt.export.folder import (
     require_finite,
     seal,
 )
-from recsys_tt.export.index import build_index, recall_against_exact
+from recsys_tt.export.index import build_index, recall_against_exact, unit_length
 from recsys_tt.export.model_card import model_card
 from recsys_tt.files import folder_digests, replacing, sha256_file
 from recsys_tt.model.encoder import dtype_name
@@ -87,7 +87,8 @@ def export_model(checkpoint: str | Path, out: str | Path, factory: str = "Flat",
         digests = folder_digests(staging, hashed_files(module.model.adapters))
         meta = {
             "format_version": FORMAT_VERSION, "created_at": datetime.datetime.now(datetime.UTC).isoformat(),
-            "dim": int(vectors.shape[1]), "metric": "inner_product", "normalized": True, "factory": factory,
+            "dim": int(vectors.shape[1]), "metric": "inner_product",
+            "normalized": unit_length(vectors), "factory": factory,
             "search_params": search_params, "num_items": int(len(vectors)), "num_users": int(len(users)),
             "precision": dtype_name(encoder.precision), "backbone": module.model.config.backbone,
             "adapters": module.model.adapters, "sha256": digests,

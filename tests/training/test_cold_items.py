@@ -81,3 +81,33 @@ def test_the_text_only_softmax_trains_the_towers_to_rank_by_text(tmp_path, tiny_
     without, plain = run("plain", "0.0")
     assert "train/text_only_loss" not in without
     assert any(not torch.allclose(trained[n], plain[n]) for n in plain)  # same seed and data: only the term differs
+
+
+def test_cold_items_placed_by_text_and_boosted_score_so_in_test_export_and_add_items(tmp_path, tiny_dataset, tiny_bert):
+    import numpy as np
+    import pandas as pd
+
+    from recsys_tt.export.catalog import add_items
+    from recsys_tt.export.folder import ExportFolder
+    from recsys_tt.training.export import export_model
+
+    cli = main(train_args(tmp_path, tiny_dataset, tiny_bert, 4, "--data.cold_items", "0.25", "--model.id_lr", "0.5",
+                          "--model.tower.unseen_items", "text", "--model.tower.unseen_item_boost", "0.5"))
+    cold = cli.datamodule.cold_item_mask.numpy()
+    export = ExportFolder.load(export_model(cli.trainer.ckpt_path, tmp_path / "export"))
+    unseen = export.items["train_count"].to_numpy() == 0  # the cold items and any item only val or test holds
+    assert cold.any() and not cold[~unseen].any()
+    assert np.allclose(export.vectors[unseen], 1.5 * export.text_vectors[unseen], atol=1e-5)
+    assert np.allclose(np.linalg.norm(export.vectors[~unseen], axis=1), 1, atol=1e-5)
+    assert export.meta["normalized"] is False
+    again = pd.read_csv(tiny_dataset["items"]).iloc[np.flatnonzero(cold)]
+    again.assign(item_id="new-" + again["item_id"].astype(str)).to_csv(tmp_path / "again.csv", index=False)
+    add_items(export.folder, tmp_path / "again.csv")
+    assert np.allclose(ExportFolder.load(export.folder).vectors[-int(cold.sum()):], export.vectors[cold], atol=1e-5)
+
+
+def test_a_negative_unseen_item_boost_is_refused():
+    from recsys_tt.model.towers import TowerConfig
+
+    with pytest.raises(ValueError, match="unseen_item_boost must be >= 0"):
+        TowerConfig(unseen_item_boost=-0.1)
