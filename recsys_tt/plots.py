@@ -1,4 +1,5 @@
-"""Every PNG the project writes: training curves, exploration, retraining and new-user results (no Lightning)."""
+"""Every PNG the project writes: training curves, exploration, retraining, new-user, ablation, arrival and
+unseen-item boost results (no Lightning)."""
 
 from __future__ import annotations
 
@@ -130,3 +131,22 @@ def plot_arrivals(rounds: dict, out: str | Path) -> Path:
             ax.set(xlabel="round", title=title)
     axes[0].legend(fontsize=8)
     return _save(plt, fig, out)
+
+
+def plot_unseen_boost(results: dict[str, dict], out: str | Path) -> Path:
+    """NDCG@10 of all, cold-target and warm-target users, and the cold / warm ratio, against the unseen-item boost;
+    ``results``: boost -> {"val" | "test": {"all" | "cold" | "warm": NDCG@10}}."""
+    plt = _pyplot()
+    boosts = [float(b) for b in results]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for split, style in (("val", "--"), ("test", "-")):
+        for kind in ("all", "warm", "cold"):
+            left.plot(boosts, [r[split][kind] for r in results.values()], style, marker="o", label=f"{split} {kind}")
+        right.plot(boosts, [r[split]["cold"] / r[split]["warm"] for r in results.values()], style, marker="o",
+                   label=split)
+    left.set(xlabel="unseen_item_boost", ylabel="NDCG@10", title="users by their target item")
+    right.set(xlabel="unseen_item_boost", ylabel="cold / warm NDCG@10", title="cold items against warm ones")
+    left.legend(fontsize=7)
+    right.legend(fontsize=8)
+    return _save(plt, fig, out)
+

@@ -79,10 +79,10 @@ class RecDataModule(pl.LightningDataModule):
                 and let later items arrive (scripts/add_items.py, the arrivals simulator). With catalog "rated" the
                 catalog is the items seen before it.
             cold_items: share of the catalog held out of training entirely (a random set drawn with ``seed``): no
-                training window reads or targets them and the softmax never scores them, so they keep their text
-                vector alone, as items added after training (scripts/add_items.py) do. Validation and test rank the
-                whole catalog with full histories; test also reports ``test_cold/*`` and ``test_warm/*``, the
-                users whose test item is cold or warm.
+                training window reads or targets them and the softmax never scores them, so they are placed as
+                items added after training (scripts/add_items.py) are (``model.tower.unseen_items``). Validation and
+                test rank the whole catalog with full histories and also report ``*_cold/*`` and ``*_warm/*``, the
+                users whose target is cold or warm (choose ``model.tower.unseen_item_boost`` on ``val_*``).
             templates: item and user text templates.
             max_item_tokens: token budget of item text.
             max_user_tokens: token budget of user text (user_input = text).

@@ -59,14 +59,23 @@ class TwoTowerCLI(LightningCLI):
             raise ValueError(f"--best_checkpoint.monitor {monitor} is not logged by this run; validation logs "
                              f"{', '.join(logged)} (set by --model.eval_ks).")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        self._command_line = [str(a) for a in args] if isinstance(args, list) else sys.argv[1:]
+        super().parse_arguments(parser, args)
+
     def _parse_ckpt_path(self) -> None:
         """Lightning reads --ckpt_path here, before any hook, and a file it cannot load safely ends in its traceback
-        (advising an unsafe load): read it our way first, so such a file is refused in one line."""
+        (advising an unsafe load): read it our way first, so such a file is refused in one line. Lightning then puts
+        the checkpoint's model settings over the command line's; the ``EVALUATION_SETTINGS`` given there win."""
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path and path not in ("best", "last", "hpc", "registry"):
             read_checkpoint(path)
+        given = {key: self.config[subcommand][key] for key in EVALUATION_SETTINGS
+                 if any(arg == f"--{key}" or arg.startswith(f"--{key}=") for arg in self._command_line)}
         super()._parse_ckpt_path()
+        for key, value in given.items():
+            self.config[subcommand][key] = value
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
@@ -96,6 +105,11 @@ class TwoTowerCLI(LightningCLI):
             return None
         log.info("Testing %s (%s = %.4f)", best.best_model_path, best.monitor, float(best.best_model_score))
         return best.best_model_path
+
+
+EVALUATION_SETTINGS = ("model.tower.unseen_items", "model.tower.unseen_item_boost")
+"""Model settings that change how a trained model ranks, not what it learnt: given on the command line of ``test`` or
+``validate``, they apply to the --ckpt_path checkpoint (``scripts/sweep_unseen_boost.py``)."""
 
 
 def cpu_has_amx(cpuinfo: str | None = None) -> bool | None:

@@ -255,7 +255,7 @@ class TwoTowerModule(pl.LightningModule):
         for name, values in metrics.items():
             self.log(f"{prefix}/{name}", values.mean(), batch_size=len(values), sync_dist=True,
                      prog_bar=name == "ndcg@10")
-        if self.cold_items is not None and prefix == "test":
+        if self.cold_items is not None:
             self._log_by_target_kind(metrics, self.cold_items[batch["target"]], prefix)
 
     def _log_by_target_kind(self, metrics: dict[str, torch.Tensor], cold: torch.Tensor, prefix: str) -> None:
