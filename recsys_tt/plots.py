@@ -140,10 +140,11 @@ def plot_unseen_boost(results: dict[str, dict], out: str | Path) -> Path:
     boosts = [float(b) for b in results]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     for split, style in (("val", "--"), ("test", "-")):
-        for kind in ("all", "warm", "cold"):
-            left.plot(boosts, [r[split][kind] for r in results.values()], style, marker="o", label=f"{split} {kind}")
-        right.plot(boosts, [r[split]["cold"] / r[split]["warm"] for r in results.values()], style, marker="o",
-                   label=split)
+        for kind, color in (("all", "C0"), ("warm", "C1"), ("cold", "C2")):
+            left.plot(boosts, [r[split][kind] for r in results.values()], style, color=color, marker="o",
+                      label=f"{split} {kind}")
+        right.plot(boosts, [r[split]["cold"] / r[split]["warm"] for r in results.values()], style, color="C3",
+                   marker="o", label=split)
     left.set(xlabel="unseen_item_boost", ylabel="NDCG@10", title="users by their target item")
     right.set(xlabel="unseen_item_boost", ylabel="cold / warm NDCG@10", title="cold items against warm ones")
     left.legend(fontsize=7)

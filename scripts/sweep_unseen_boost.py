@@ -33,7 +33,8 @@ def main(run: str, boosts: list[float] | None = None, checkpoint: str | None = N
     Args:
         run: a run folder of ``train.py fit`` with ``--data.cold_items`` (its config.yaml is read).
         boosts: the boosts to try (default 0, 0.1, 0.2, 0.3).
-        checkpoint: the checkpoint to evaluate (default: the run's best, else its last).
+        checkpoint: the checkpoint to evaluate (default: the run's best-validation one; a run without validation:
+            pass its checkpoints/last.ckpt).
         unseen_items: place cold items this way instead of as the run's config says.
     """
     folder = Path(run)
@@ -59,9 +60,10 @@ def main(run: str, boosts: list[float] | None = None, checkpoint: str | None = N
 
 def _evaluate(stage: str, config: Path, checkpoint: str, boost: float, unseen_items: str | None) -> dict[str, float]:
     placement = ["--model.tower.unseen_items", unseen_items] if unseen_items else []
-    with warnings.catch_warnings():  # Lightning's advice to pass the training callbacks, which evaluation never runs
-        warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint.*")
-        warnings.filterwarnings("ignore", message=".*The dirpath has changed.*")
+    with warnings.catch_warnings():  # Lightning's advice for training runs: evaluation runs no callbacks, and the
+        # arguments are this script's own, not a second command line
+        for message in (".*callbacks used to create the checkpoint", ".*The dirpath has changed", ".*args parameter"):
+            warnings.filterwarnings("ignore", message=message)
         cli = train_cli([stage, "--config", str(config), "--ckpt_path", checkpoint, "--trainer.logger", "false",
                          "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false",
                          "--trainer.limit_val_batches", "1.0", "--model.tower.unseen_item_boost", str(boost),
