@@ -283,7 +283,8 @@ def test_a_frozen_item_adapter_leaves_the_user_adapter_training(tiny_bert):
     ids, mask = _tokens()
     tower.encode_items(ids, mask, torch.arange(4))
     tower.encode_user_text(ids, mask)
-    adapters = {(n.split("lora_")[1].split(".")[1], p.requires_grad) for n, p in tower.named_parameters() if "lora_" in n}
+    adapters = {(n.split("lora_")[1].split(".")[1], p.requires_grad)
+                for n, p in tower.named_parameters() if "lora_" in n}
     assert adapters == {("item", False), ("user", True)}
     with pytest.raises(ValueError, match="needs an adapter per tower"):
         TowerConfig(train_item_adapter=False, shared_adapter=True)
