@@ -12,7 +12,7 @@ import torch
 from jsonargparse import ArgumentError
 from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from recsys_tt.cli import document_options, log_to_console, quiet_library_noise, user_errors
@@ -107,6 +107,15 @@ class TwoTowerCLI(LightningCLI):
         return best.best_model_path
 
 
+class RunConfig(SaveConfigCallback):
+    """Writes config.yaml into the run folder. A run without a logger (``test`` or ``validate`` with
+    ``--trainer.logger false``) has none, and Lightning would write it into the working directory instead."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.logger is not None:
+            super().setup(trainer, pl_module, stage)
+
+
 EVALUATION_SETTINGS = ("model.tower.unseen_items", "model.tower.unseen_item_boost")
 """Model settings that change how a trained model ranks, not what it learnt: given on the command line of ``test`` or
 ``validate``, they apply to the --ckpt_path checkpoint (``scripts/sweep_unseen_boost.py``)."""
@@ -131,8 +140,8 @@ def main(args: list[str] | None = None, exit_on_error: bool = True) -> TwoTowerC
     document_options()
     quiet = {"exit_on_error": False} if not exit_on_error else {}
     parser_kwargs = quiet | {name: quiet for name in TwoTowerCLI.subcommands()} if quiet else None
-    return TwoTowerCLI(TwoTowerModule, RecDataModule, args=args, save_config_kwargs={"overwrite": True},
-                       parser_kwargs=parser_kwargs)
+    return TwoTowerCLI(TwoTowerModule, RecDataModule, args=args, save_config_callback=RunConfig,
+                       save_config_kwargs={"overwrite": True}, parser_kwargs=parser_kwargs)
 
 
 def run() -> None:
