@@ -56,8 +56,7 @@ def add_items(export_dir: str | Path, items_file: str | Path) -> dict:
             if PRIOR_ITEM_IDS in extra:  # a refresh's prior means: the new items' is what their text predicts
                 extra[PRIOR_ITEM_IDS] = torch.cat([extra[PRIOR_ITEM_IDS], model.item_ids.weight[rows]])
             model.item_ids.weight[rows] += cold_item_offset(extra, model.dim)
-            vectors = model.add_item_ids(torch.from_numpy(text), rows)
-            vectors = model.boost_unseen(vectors, torch.ones(len(rows), dtype=torch.bool)).numpy()
+            vectors = model.boost_unseen(model.add_item_ids(torch.from_numpy(text), rows)).numpy()
         towers = model, extra
     require_finite(vectors, items_file, "these items' predicted vectors are not finite; nothing was added")
     export.index.add(np.ascontiguousarray(vectors, dtype=np.float32))  # appended: the index needs no rebuild

@@ -171,11 +171,14 @@ class TwoTower(nn.Module):
             self.encoder = get_peft_model(backbone, lora, adapter_name=self.adapters[0])
         for name in self.adapters[1:]:
             self.encoder.add_adapter(name, lora)
-        self._adapter_params = [(p, config.train_adapters and (config.train_item_adapter or ".item." not in n))
+        self._adapter_params = [(n, p, config.train_adapters and (config.train_item_adapter or ".item." not in n))
                                 for n, p in self.encoder.named_parameters() if "lora_" in n]
         self._causal = any(getattr(m, "is_causal", False) for m in backbone.modules())  # a decoder's text attention
         self._blocks = block_list(self.encoder) if config.user_layers is not None else None  # found once
         self.heads = nn.ModuleDict({t: self._head(hidden) for t in ("item", "user")})
+        # Whether training moves the items' text vectors; if not, a catalog cache of them is exact for the whole run.
+        item_adapter = any(trains for name, _, trains in self._adapter_params if ".user." not in name)
+        self.item_text_trains = item_adapter or any(p.requires_grad for p in self.heads["item"].parameters())
         if config.item_id_embeddings:
             self.item_ids = nn.Embedding(num_items, self.dim)
             nn.init.zeros_(self.item_ids.weight)  # step 0 is the pure text model
@@ -203,11 +206,6 @@ class TwoTower(nn.Module):
     def _head(self, hidden: int) -> nn.Module:
         return nn.Linear(hidden, self.config.projection_dim) if self.config.projection_dim else nn.Identity()
 
-    @property
-    def item_text_trains(self) -> bool:
-        """Whether training moves the items' text vectors (an item adapter or head that trains)."""
-        return (self.config.train_adapters and self.config.train_item_adapter) or self.config.projection_dim is not None
-
     def _activate(self, tower: str) -> None:
         name = "shared" if self.config.shared_adapter else tower
         if self.encoder.active_adapter != name:
@@ -216,7 +214,7 @@ class TwoTower(nn.Module):
 
     def _train_all_adapters(self) -> None:
         # peft freezes inactive adapters (on add and on switch); both towers train in every step.
-        for p, trains in self._adapter_params:
+        for _, p, trains in self._adapter_params:
             p.requires_grad_(trains)
 
     def _encode(self, tower: str, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
@@ -281,21 +279,19 @@ class TwoTower(nn.Module):
             return torch.zeros(len(rows), text.shape[1], dtype=text.dtype, device=text.device)
         return self.predicted_item_ids(text, rows)
 
-    def boost_unseen(self, vectors: torch.Tensor, unseen: torch.Tensor) -> torch.Tensor:
-        """Item vectors (M, D) with the rows of items without training interactions (``unseen``, (M,) bool) scaled by
-        1 + ``config.unseen_item_boost``."""
-        scale = torch.where(unseen, 1.0 + self.config.unseen_item_boost, 1.0).to(vectors.device, vectors.dtype)
-        return vectors * scale.unsqueeze(-1)
+    def boost_unseen(self, vectors: torch.Tensor) -> torch.Tensor:
+        """The vectors (..., D) of items without training interactions, scaled by 1 + ``config.unseen_item_boost``."""
+        return vectors * (1.0 + self.config.unseen_item_boost)
 
     def catalog_item_vectors(self, text: torch.Tensor) -> torch.Tensor:
         """(N, D) vectors of the whole catalog from its text vectors: trained id vectors where items have one, the
         others placed by ``unseen_item_ids`` and boosted (``boost_unseen``)."""
         vectors = self.add_item_ids(text, torch.arange(len(text), device=text.device))
         missing = self._without_ids(len(text))
-        if not len(missing):
-            return vectors
-        vectors[missing] = F.normalize(text[missing] + self.unseen_item_ids(text, missing), dim=-1)
-        return self.boost_unseen(vectors, ~self._has_ids(len(text)))
+        if len(missing):
+            placed = F.normalize(text[missing] + self.unseen_item_ids(text, missing), dim=-1)
+            vectors[missing] = self.boost_unseen(placed)
+        return vectors
 
     @torch.no_grad()
     def fill_item_ids(self, text: torch.Tensor) -> None:

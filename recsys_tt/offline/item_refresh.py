@@ -90,7 +90,7 @@ def refresh_item_vectors(export_dir: str | Path, log_dir: str | Path, config: Re
     extra[COLD_ITEM_OFFSET] = offset
     with torch.no_grad():
         vectors = model.add_item_ids(torch.from_numpy(export.text_vectors), torch.arange(len(export.items)))
-        vectors = model.boost_unseen(vectors, cold)
+        vectors[cold] = model.boost_unseen(vectors[cold])
     clicks = np.bincount(shown[clicked].numpy(), minlength=len(export.items))
     summary = {"slates": len(slates), "clicks": int(clicked.sum()), "items_observed": len(observed),
                "loss_first": first_loss, "loss_last": last_loss, "seconds": round(time.perf_counter() - began, 1),
