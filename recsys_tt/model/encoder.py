@@ -83,10 +83,11 @@ class Encoder:
                 chunks.append(self.model.encode_item_text(**{k: v.to(self.device) for k, v in part.items()}))
         return torch.cat(chunks) if chunks else torch.zeros(0, self.model.dim, device=self.device)
 
-    def catalog_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def catalog_tensors(self, text: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(text vectors, item vectors) of the whole catalog, (N, D) each, on the model's device; items without a
-        trained id vector get the one their text predicts (``TwoTower.catalog_item_vectors``)."""
-        text = self.item_text()
+        trained id vector are placed by ``TwoTower.catalog_item_vectors``. ``text``: the catalog's text vectors where
+        they are already encoded."""
+        text = self.item_text() if text is None else text
         with torch.no_grad():
             return text, self.model.catalog_item_vectors(text)
 

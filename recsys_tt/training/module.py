@@ -238,7 +238,8 @@ class TwoTowerModule(pl.LightningModule):
 
     # ----- evaluation ---------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self.catalog_text, self.catalog_vectors = self.encoder.catalog_tensors()
+        exact = self.item_text_cache is not None and not self.model.item_text_trains  # a frozen item tower's cache
+        self.catalog_text, self.catalog_vectors = self.encoder.catalog_tensors(self.item_text_cache if exact else None)
 
     on_test_epoch_start = on_validation_epoch_start
 

@@ -73,3 +73,14 @@ def test_a_frozen_item_tower_reads_every_text_vector_from_the_cache(tiny_bert):
     module.item_text_cache = module.encoder.item_text()
     items = torch.tensor([0, 2, 3, 5])
     assert torch.equal(module.batch_item_text(items), module.item_text_cache[items])  # no item encoded again
+
+
+def test_a_frozen_item_tower_evaluates_on_its_cache_as_on_a_fresh_encoding(tiny_bert):
+    module = TwoTowerModule(num_items=6, tower=TowerConfig(backbone=tiny_bert, train_item_adapter=False))
+    module.item_tokens = tokenize_table(load_tokenizer(tiny_bert), [f"movie {i}" for i in range(6)], 8)
+    fresh_text, fresh_vectors = module.encoder.catalog_tensors()
+    module.item_text_cache = module.encoder.item_text()
+    module.on_validation_epoch_start()
+    assert module.catalog_text is module.item_text_cache  # not encoded again
+    assert torch.allclose(module.catalog_text, fresh_text) and torch.allclose(module.catalog_vectors, fresh_vectors)
+
