@@ -144,12 +144,21 @@ def main(args: list[str] | None = None, exit_on_error: bool = True) -> TwoTowerC
                        save_config_kwargs={"overwrite": True}, parser_kwargs=parser_kwargs)
 
 
+def leave_process_group() -> None:
+    """Destroys the DDP process group after a run that ended well. Lightning leaves it up, and a gloo group torn
+    down by interpreter exit can abort the process (SIGABRT, "terminate called without an active exception") after
+    the work is done. Not after a failure: a rank that waits in destroy while another died would hang."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def run() -> None:
     """main() for the command line: input errors as one line, and a SIGTERM (a scheduler's preemption) as a
     failure that says where to resume, not as success."""
     with user_errors():
         try:
             main(exit_on_error=False)
+            leave_process_group()
         except ArgumentError as err:  # one line, not the 130 lines of usage jsonargparse prints before it
             subcommand = next((a for a in sys.argv[1:] if a in TwoTowerCLI.subcommands()), "fit")
             print(f"error: {err}\n(`{Path(sys.argv[0]).name} {subcommand} --help` lists the options; "
