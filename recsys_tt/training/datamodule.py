@@ -41,6 +41,7 @@ class RecDataModule(pl.LightningDataModule):
         catalog: Literal["rated", "all"] = "rated",
         before: str | None = None,
         cold_items: float = 0.0,
+        train_on_validation: bool = False,
         templates: TextTemplates = TextTemplates(),  # noqa: B008
         max_item_tokens: int = 32,
         max_user_tokens: int = 128,
@@ -83,6 +84,10 @@ class RecDataModule(pl.LightningDataModule):
                 items added after training (scripts/add_items.py) are (``model.tower.unseen_items``). Validation and
                 test rank the whole catalog with full histories and also report ``*_cold/*`` and ``*_warm/*``, the
                 users whose target is cold or warm (choose ``model.tower.unseen_item_boost`` on ``val_*``).
+            train_on_validation: also train on each user's validation item (the second to last), as a final fit
+                with settings chosen on validation does: the test item's history is then trained on up to the test.
+                Validation would score trained items, so ``fit`` skips it and tests the final weights; ``validate``
+                refuses such a run.
             templates: item and user text templates.
             max_item_tokens: token budget of item text.
             max_user_tokens: token budget of user text (user_input = text).
@@ -190,11 +195,15 @@ class RecDataModule(pl.LightningDataModule):
 
     @functools.cached_property
     def train_sequences(self) -> list[np.ndarray]:
-        """Each user's training items, less the cold items (data.cold_items) as if they did not exist yet."""
+        """Each user's training items (with the validation item under data.train_on_validation), less the cold items
+        (data.cold_items) as if they did not exist yet."""
+        split = self.split
+        trained = [split.history(u, "test") for u in range(len(split.train))] if self.hparams.train_on_validation \
+            else split.train
         if self.cold_item_mask is None:
-            return self.split.train
+            return trained
         cold = self.cold_item_mask.numpy()
-        return [seq[~cold[seq]] for seq in self.split.train]
+        return [seq[~cold[seq]] for seq in trained]
 
     @functools.cached_property
     def log(self) -> Log | None:
@@ -317,6 +326,9 @@ class RecDataModule(pl.LightningDataModule):
                           collate_fn=functools.partial(self.eval_batch, stage=stage))
 
     def val_dataloader(self) -> DataLoader:
+        if self.hparams.train_on_validation:
+            raise ValueError("This run trains on the validation items (data.train_on_validation), so validation "
+                             "would score items it learnt: validate a run trained without it, or test this one.")
         return self._eval_loader("valid")
 
     def test_dataloader(self) -> DataLoader:

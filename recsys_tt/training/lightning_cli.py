@@ -53,6 +53,10 @@ class TwoTowerCLI(LightningCLI):
             log.warning("Training in %s on a CPU without AMX, where bfloat16 matmuls are slower than float32: "
                         "--trainer.precision 32-true is faster here (results differ slightly; the configs' quoted "
                         "numbers are bf16-mixed).", self.trainer.precision)
+        if self.datamodule.hparams.train_on_validation:
+            log.info("data.train_on_validation: the validation items are trained on, so validation is skipped and "
+                     "the final weights are tested (choose max_steps on a run without it).")
+            self.trainer.limit_val_batches = 0
         monitor = self.config.fit.best_checkpoint.monitor
         logged = [f"val/{name}" for name in ranking_metrics(torch.zeros(1), self.model.hparams.eval_ks)]
         if monitor is not None and monitor not in logged:
@@ -97,7 +101,7 @@ class TwoTowerCLI(LightningCLI):
 
     def _tested_checkpoint(self) -> str | None:
         """Path of the checkpoint to test; None tests the weights in memory (the final ones)."""
-        if self.config.fit.test_on == "last":
+        if self.config.fit.test_on == "last" or self.datamodule.hparams.train_on_validation:
             return None
         best: ModelCheckpoint = self.config_init[self.subcommand]["best_checkpoint"]
         if not best.best_model_path:
