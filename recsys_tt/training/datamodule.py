@@ -51,7 +51,7 @@ class RecDataModule(pl.LightningDataModule):
         batch_size: int = 256,
         eval_batch_size: int = 128,
         val_users: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         logs: str | None = None,
         logs_share: float = 1.0,
         skip_orphans: bool = False,
@@ -100,7 +100,8 @@ class RecDataModule(pl.LightningDataModule):
             eval_batch_size: users per evaluation batch.
             val_users: validate on a fixed random sample of this many users (None: all); test always ranks for all
                 users. On ML-1M, all 6,040 users take about a minute per validation on 2 CPU cores.
-            seed: seeds the order of training examples.
+            seed: seeds the order of training examples, the validation sample and the cold items; None: the run's
+                ``seed_everything`` (0 outside train.py).
             logs: a propensity log folder (serve.py --log_dir) whose clicks to train on, each weighted by
                 model.loss.log_correction; usually with model.init_checkpoint, to fine-tune a trained model on what
                 it served. Validation and test stay on the interactions' leave-one-out split.
@@ -116,6 +117,7 @@ class RecDataModule(pl.LightningDataModule):
         How users enter the user tower (``user_input``) is the model's setting; ``setup`` takes it from the trainer's
         model, and code without a trainer sets ``user_input`` itself.
         """
+        seed = 0 if seed is None else seed  # before save_hyperparameters, which records the arguments' values
         super().__init__()
         self.save_hyperparameters()
         if dataset == "files" and not (interactions and items):

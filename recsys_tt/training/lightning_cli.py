@@ -47,6 +47,16 @@ class TwoTowerCLI(LightningCLI):
         parser.link_arguments("model.tower.backbone", "data.backbone")
         parser.link_arguments("data.num_items", "model.num_items", apply_on="instantiate")
 
+    def before_instantiate_classes(self) -> None:
+        """``seed_everything`` also seeds the data order and dropout unless ``data.seed``/``model.seed`` are given, so
+        one option changes a run's seed (two differing seeds also stop Lightning when it logs the hparams)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        seed = config.get("seed_everything")
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            for key in ("data.seed", "model.seed"):
+                if config.get(key) is None:
+                    config[key] = seed
+
     def before_fit(self) -> None:
         if isinstance(self.trainer.accelerator, CPUAccelerator) and str(self.trainer.precision).startswith("bf16") \
                 and cpu_has_amx() is False:

@@ -37,7 +37,7 @@ class TwoTowerModule(pl.LightningModule):
         fresh_items: int | None = 256,
         eval_ks: tuple[int, ...] = (10, 20),
         item_chunk_size: int = 512,
-        seed: int = 0,
+        seed: int | None = None,
         init_checkpoint: str | None = None,
         fused_optimizer: bool = False,
         matmul_precision: Literal["highest", "high", "medium"] = "highest",
@@ -60,7 +60,8 @@ class TwoTowerModule(pl.LightningModule):
                 negatives. Encoding items is most of a step's cost, so this sets the speed.
             eval_ks: cut-offs of Recall/NDCG/MRR.
             item_chunk_size: items encoded per forward pass when encoding the catalog.
-            seed: with the global step and rank, seeds each step's dropout so resumed runs match.
+            seed: with the global step and rank, seeds each step's dropout so resumed runs match; None: the run's
+                ``seed_everything`` (0 outside train.py).
             init_checkpoint: start from the trained weights of this checkpoint (or run folder: its best checkpoint)
                 with a fresh optimizer and schedule, e.g. to fine-tune on logged feedback (``data.logs``). The tower
                 settings must be the checkpoint's. ``--ckpt_path`` instead resumes a run where it stopped.
@@ -69,6 +70,7 @@ class TwoTowerModule(pl.LightningModule):
             matmul_precision: ``torch.set_float32_matmul_precision`` for the run; "high" lets float32 matmuls
                 outside autocast use TF32 tensor cores on GPUs.
         """
+        seed = 0 if seed is None else seed  # before save_hyperparameters, which records the arguments' values
         super().__init__()
         self.save_hyperparameters()
         for name in ("lr", "id_lr", "cache_refresh_steps", "item_chunk_size", "fresh_items"):

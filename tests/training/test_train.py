@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 
 from recsys_tt.model.weights import is_base_weight
 from recsys_tt.training.lightning_cli import main
@@ -84,6 +85,16 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, tiny_dataset, tiny_bert
     for name in ("test/ndcg@10", "test/mrr@20"):
         expected = float(full.trainer.callback_metrics[name])
         assert float(resumed.trainer.callback_metrics[name]) == pytest.approx(expected, abs=1e-5)
+
+
+def test_seed_everything_also_seeds_the_data_order_and_dropout(tmp_path, tiny_dataset, tiny_bert):
+    cli = main(_args(tmp_path, tiny_dataset, tiny_bert, 2, "--seed_everything", "3", "--test_after_fit", "false"))
+    assert cli.datamodule.hparams.seed == cli.model.hparams.seed == 3
+    saved = yaml.safe_load((tmp_path / "ml100k_minilm/version_0/config.yaml").read_text())
+    assert saved["data"]["seed"] == saved["model"]["seed"] == 3
+    apart = main(_args(tmp_path / "apart", tiny_dataset, tiny_bert, 1, "--seed_everything", "3", "--data.seed", "5",
+                       "--model.seed", "5", "--test_after_fit", "false"))
+    assert apart.datamodule.hparams.seed == 5
 
 
 @pytest.mark.filterwarnings("ignore:.*exists and is not empty")  # the test reruns into its own run folder
