@@ -28,6 +28,12 @@ def _data_line(data: dict) -> str:
     return line + (f", the interactions before {data['before']}" if data.get("before") else "")
 
 
+def _validation_use(data: dict) -> str:
+    if data.get("train_on_validation"):
+        return ", also trained on as a final fit with settings chosen on validation"
+    return ", held out of training"
+
+
 def _terms(tower: dict, data: dict) -> str:
     licence = BACKBONE_LICENCES.get(tower["backbone"], "see its own model card")
     terms = DATASETS.get(data.get("dataset"), (None, "those of whoever owns the files it was trained on"))[1]
@@ -67,7 +73,7 @@ and exported with {meta["num_items"]} item vectors ({meta["dim"]}-d, L2-normalis
 ## Data and evaluation
 
 Trained on {_data_line(data)}. Split: leave-one-out by time per user (last interaction test, second to last
-validation); metrics rank the whole catalog with each user's history excluded, on the checkpoint
+validation{_validation_use(data)}); metrics rank the whole catalog with each user's history excluded, on the checkpoint
 `{_run_relative(meta["source_checkpoint"])}` (sha256 `{meta["checkpoint_sha256"][:16]}`).
 
 {_metrics_table(meta.get("test_metrics"))}

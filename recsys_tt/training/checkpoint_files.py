@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import yaml
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, or the best-validation checkpoint of a run folder (``runs/NAME/version_N``) or of the
-    newest version of ``runs/NAME``."""
+    newest version of ``runs/NAME``; a run trained on its validation items has none, and its last checkpoint."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No checkpoint or run folder at {path}.")
@@ -19,10 +20,20 @@ def resolve_checkpoint(path: str | Path) -> Path:
     newest = max(versions, key=lambda p: int(p.name.removeprefix("version_")), default=path)
     run = path if (path / "checkpoints").is_dir() else newest
     best = sorted((run / "checkpoints").glob("best-*.ckpt"))
+    last = run / "checkpoints" / "last.ckpt"
+    if not best and last.is_file() and trained_on_validation(run):
+        return last  # such a run never validates: its final weights are the model
     if len(best) != 1:
         raise FileNotFoundError(f"{run} holds {len(best)} best-validation checkpoints (checkpoints/best-*.ckpt); "
                                 "pass the checkpoint file itself.")
     return best[0]
+
+
+def trained_on_validation(run: Path) -> bool:
+    """Whether a run folder's config.yaml trained on the validation items (``data.train_on_validation``)."""
+    config = run / "config.yaml"
+    data = (yaml.safe_load(config.read_text()) or {}).get("data") or {} if config.is_file() else {}
+    return bool(data.get("train_on_validation"))
 
 
 def run_folder(checkpoint: str | Path) -> Path:

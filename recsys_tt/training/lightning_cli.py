@@ -105,8 +105,9 @@ class TwoTowerCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=self._tested_checkpoint())
         run = self.trainer.log_dir
         if run and self.trainer.is_global_zero:
-            log.info("Run folder: %s (config.yaml, metrics.csv, curves.png, checkpoints/). Next, export its best "
-                     "checkpoint: python scripts/export_index.py --checkpoint %s --out exports/%s", run, run,
+            which = "last" if self.datamodule.hparams.train_on_validation else "best"
+            log.info("Run folder: %s (config.yaml, metrics.csv, curves.png, checkpoints/). Next, export its %s "
+                     "checkpoint: python scripts/export_index.py --checkpoint %s --out exports/%s", run, which, run,
                      Path(run).parent.name)
 
     def _tested_checkpoint(self) -> str | None:

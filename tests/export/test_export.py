@@ -327,6 +327,7 @@ def test_an_export_holds_no_pickle_and_a_model_card(flat_export, trained):
     assert f"| ndcg@5 | {meta['test_metrics']['ndcg@5']:.4f} |" in card and meta["model_version"] in card
     assert "PeftModel.from_pretrained" in card and '"history_len": 20' in card
     assert "## Licence and intended use" in card and "whoever owns the files" in card  # dataset: files
+    assert "second to last\nvalidation, held out of training)" in card
     adapters_readme = (flat_export / "adapters" / "README.md").read_text()
     assert adapters_readme.startswith("# LoRA adapters of a recsys_tt two-tower model") and "`item/`" in adapters_readme
 
