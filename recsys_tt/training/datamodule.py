@@ -327,10 +327,13 @@ class RecDataModule(pl.LightningDataModule):
         return DataLoader(users.tolist(), batch_size=self.hparams.eval_batch_size,
                           collate_fn=functools.partial(self.eval_batch, stage=stage))
 
-    def val_dataloader(self) -> DataLoader:
+    def refuse_validation_if_trained_on(self) -> None:
         if self.hparams.train_on_validation:
             raise ValueError("This run trains on the validation items (data.train_on_validation), so validation "
                              "would score items it learnt: validate a run trained without it, or test this one.")
+
+    def val_dataloader(self) -> DataLoader:
+        self.refuse_validation_if_trained_on()
         return self._eval_loader("valid")
 
     def test_dataloader(self) -> DataLoader:

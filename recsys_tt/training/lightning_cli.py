@@ -73,6 +73,9 @@ class TwoTowerCLI(LightningCLI):
             raise ValueError(f"--best_checkpoint.monitor {monitor} is not logged by this run; validation logs "
                              f"{', '.join(logged)} (set by --model.eval_ks).")
 
+    def before_validate(self) -> None:
+        self.datamodule.refuse_validation_if_trained_on()  # before Lightning restores the checkpoint
+
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         self._command_line = [str(a) for a in args] if isinstance(args, list) else sys.argv[1:]
         super().parse_arguments(parser, args)
