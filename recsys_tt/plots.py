@@ -150,4 +150,3 @@ def plot_unseen_boost(results: dict[str, dict], out: str | Path) -> Path:
     left.legend(fontsize=7)
     right.legend(fontsize=8)
     return _save(plt, fig, out)
-

@@ -16,11 +16,9 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
 from recsys_tt.cli import run
 from recsys_tt.plots import plot_unseen_boost
-from recsys_tt.training.checkpoint_files import resolve_checkpoint
+from recsys_tt.training.checkpoint_files import resolve_checkpoint, run_data_settings
 from recsys_tt.training.lightning_cli import main as train_cli
 
 STAGES = {"validate": "val", "test": "test"}
@@ -41,7 +39,7 @@ def main(run: str, boosts: list[float] | None = None, checkpoint: str | None = N
     config = folder / "config.yaml"
     if not config.is_file():
         raise FileNotFoundError(f"{config} does not exist; --run takes a folder written by train.py fit.")
-    if not yaml.safe_load(config.read_text()).get("data", {}).get("cold_items"):
+    if not run_data_settings(folder).get("cold_items"):
         raise ValueError(f"{run} was trained without data.cold_items, so no item is cold; train with "
                          "--data.cold_items 0.2 and sweep that run.")
     path = str(resolve_checkpoint(checkpoint or run))

@@ -21,7 +21,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     run = path if (path / "checkpoints").is_dir() else newest
     best = sorted((run / "checkpoints").glob("best-*.ckpt"))
     last = run / "checkpoints" / "last.ckpt"
-    if not best and last.is_file() and trained_on_validation(run):
+    if not best and last.is_file() and run_data_settings(run).get("train_on_validation"):
         return last  # such a run never validates: its final weights are the model
     if len(best) != 1:
         raise FileNotFoundError(f"{run} holds {len(best)} best-validation checkpoints (checkpoints/best-*.ckpt); "
@@ -29,11 +29,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return best[0]
 
 
-def trained_on_validation(run: Path) -> bool:
-    """Whether a run folder's config.yaml trained on the validation items (``data.train_on_validation``)."""
+def run_data_settings(run: Path) -> dict:
+    """The ``data`` section of a run folder's config.yaml ({} where the run wrote none)."""
     config = run / "config.yaml"
-    data = (yaml.safe_load(config.read_text()) or {}).get("data") or {} if config.is_file() else {}
-    return bool(data.get("train_on_validation"))
+    return ((yaml.safe_load(config.read_text()) or {}).get("data") or {}) if config.is_file() else {}
 
 
 def run_folder(checkpoint: str | Path) -> Path:
